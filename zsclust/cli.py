@@ -1,0 +1,223 @@
+"""The ``zsclust`` command: thin subcommands over the library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import __version__
+from .errors import ZsclustError
+
+QUIET_RANK = "LOCAL_RANK"  # set by Lightning in the processes it launches for DDP
+
+
+def _is_global_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get(QUIET_RANK, "0"))) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+def _devices(value: str):
+    if value in ("auto", "-1"):
+        return "auto" if value == "auto" else -1
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--devices takes a number or 'auto', got '{value}'") from None
+
+
+def _add_embed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", required=True, help="registered encoder name (zsclust encoders) or any timm model name")
+    p.add_argument("--dataset", required=True, help="registered dataset name (zsclust datasets) or an image folder")
+    p.add_argument("--split", default="test", help="train, val (carved from train) or test [test]")
+    p.add_argument("--root", default=None, help="datasets root [$ZSCLUST_DATA or ~/.cache/zsclust/data]")
+    p.add_argument("--download", action="store_true", help="download the dataset where torchvision can")
+    p.add_argument("--weights", default=None, help="local checkpoint file, for offline machines")
+    p.add_argument("--seed", type=int, default=0, help="seed for carving val (and test where none ships) [0]")
+    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (counted) instead of failing")
+    p.add_argument("--devices", type=_devices, default=1, help="devices per node; >1 runs DDP [1]")
+    p.add_argument("--num-nodes", type=int, default=1, help="number of nodes [1]")
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
+    p.add_argument("--strategy", default="auto", help="Lightning strategy [ddp when more than one process]")
+    p.add_argument("--batch-size", type=int, default=None, help="[256 on GPU, 32 on CPU]")
+    p.add_argument("--num-workers", type=int, default=None, help="data loader workers [tuned per device]")
+    p.add_argument("--precision", default="auto",
+                   help="auto (bf16/fp16 autocast on GPU, bf16 on CPUs that have it), 32-true, bf16-mixed, 16-mixed")
+    p.add_argument("--shard-size", type=int, default=4096, help="samples per resumable shard [4096]")
+    p.add_argument("--cache-dir", default=None, help="embedding cache [$ZSCLUST_CACHE_DIR or ~/.cache/zsclust/embeddings]")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _options(args):
+    from .embed import EmbedOptions
+
+    return EmbedOptions(
+        accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
+        precision=args.precision, batch_size=args.batch_size, num_workers=args.num_workers,
+        shard_size=args.shard_size, progress=not args.no_progress, cache_dir=args.cache_dir,
+    )
+
+
+def cmd_embed(args) -> int:
+    from .embed import embed
+
+    result = embed(args.encoder, args.dataset, split=args.split, root=args.root, weights=args.weights,
+                   download=args.download, seed=args.seed, skip_corrupt=args.skip_corrupt, options=_options(args))
+    if result is None:  # not global zero
+        return 0
+    m = result.meta
+    print(f"embeddings: {result.embeddings.shape[0]} x {result.embeddings.shape[1]}  "
+          f"encoder={m['encoder']['name']}  dataset={m['dataset']['name']}:{m['dataset']['split']}  "
+          f"precision={m['fingerprint_inputs']['precision']}")
+    if m.get("num_skipped"):
+        print(f"skipped {m['num_skipped']} unreadable image(s): indices {result.skipped[:20].tolist()}"
+              + (" ..." if m["num_skipped"] > 20 else ""))
+    if "samples_embedded_this_run" in m:
+        secs = m["embed_seconds"]
+        print(f"embedded {m['samples_embedded_this_run']} samples in {secs:.1f} s "
+              f"({m['samples_embedded_this_run'] / max(secs, 1e-9):.1f} img/s)")
+    else:
+        print("cache hit: nothing to embed")
+    from .embed import EmbeddingCache
+
+    print(f"cache: {EmbeddingCache(args.cache_dir).entry(result.fingerprint).path}")
+    if args.export:
+        path = result.export_npz(args.export)
+        print(f"exported: {path}")
+    return 0
+
+
+def cmd_encoders(args) -> int:
+    from .encoders import get_encoder_spec, list_encoders
+
+    for name in list_encoders(args.pattern):
+        spec = get_encoder_spec(name)
+        print(f"{name:45s} {spec.group:16s} {spec.num_features:6d}  {spec.description}")
+    print("\nAny timm model name is accepted too (timm.list_models()).")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data import get_dataset_spec, list_datasets
+
+    for name in list_datasets(args.group):
+        spec = get_dataset_spec(name)
+        print(f"{name:20s} {spec.group:14s} {spec.description}")
+    print("\nAny image folder (class/xxx.jpg, optionally under train/ and test/) is accepted too.")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from .embed import EmbeddingCache
+
+    cache = EmbeddingCache(args.cache_dir)
+    entries = cache.list()
+    for m in entries:
+        print(f"{m['fingerprint']}  {m['encoder']['name']:35s} {m['dataset']['name']}:{m['dataset']['split']:6s} "
+              f"{m['num_embedded']:>8d} x {m['dim']:<5d} {m['fingerprint_inputs']['precision']}")
+    print(f"{len(entries)} complete entr{'y' if len(entries) == 1 else 'ies'} in {cache.root}")
+    return 0
+
+
+def _print_results(results, tracker) -> None:
+    from .cluster import format_table
+
+    print()
+    print(format_table(results))
+    failed = [r for r in results if r.error]
+    if failed:
+        print(f"\n{len(failed)} of {len(results)} job(s) failed; see the reasons above.")
+    if tracker is not None:
+        print(f"\nMLflow: {len(results)} run(s) in experiment '{tracker.experiment_name}' at {tracker.uri}")
+        print("Open the UI with:  zsclust ui" + ("" if tracker.uri.startswith("sqlite") else f"  (or browse {tracker.uri})"))
+
+
+def cmd_run(args) -> int:
+    from .config import load_config, to_yaml
+    from .jobs import run_experiment
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg))
+        return 0
+    out = run_experiment(cfg)
+    if out is None:  # not global zero
+        return 0
+    emb, results, tracker = out
+    print(f"\nembeddings: {len(emb)} x {emb.embeddings.shape[1]} ({emb.fingerprint})")
+    _print_results(results, tracker)
+    return 1 if results and all(r.error for r in results) else 0
+
+
+def cmd_cluster(args) -> int:
+    from .config import load_config
+    from .jobs import cluster_embeddings
+
+    cfg = load_config(args.config, args.overrides)
+    emb, results, tracker = cluster_embeddings(cfg, args.embeddings)
+    print(f"embeddings: {len(emb)} x {emb.embeddings.shape[1]} ({emb.fingerprint})")
+    _print_results(results, tracker)
+    return 1 if results and all(r.error for r in results) else 0
+
+
+def cmd_ui(args) -> int:
+    from .tracking import start_ui
+
+    return start_ui(args.uri, args.host, args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zsclust", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"zsclust {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("embed", help="embed a dataset split with an encoder (cached, resumable, multi-GPU)")
+    _add_embed_args(p)
+    p.add_argument("--export", default=None, metavar="FILE.npz", help="also write embeddings/labels/indices to FILE.npz")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("run", help="embed (or use the cache), then every configured reducer x clusterer, tracked in MLflow")
+    p.add_argument("config", nargs="?", default=None, help="YAML config (see experiments/); defaults if omitted")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. encoder.name=resnet50.tv_in1k clusterers.kmeans.n_init=10")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("cluster", help="run the clustering pipeline on a cache entry or an exported .npz")
+    p.add_argument("--embeddings", required=True, help="FILE.npz, or an embedding fingerprint (prefix) from 'zsclust cache'")
+    p.add_argument("--config", default=None, help="YAML config for reducers, clusterers and tracking")
+    p.add_argument("overrides", nargs="*", help="dotted overrides")
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("ui", help="start the MLflow UI on the tracking store")
+    p.add_argument("--uri", default=None, help="tracking URI [$MLFLOW_TRACKING_URI or ./mlruns/mlflow.db]")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("encoders", help="list registered encoders")
+    p.add_argument("pattern", nargs="?", default=None, help="fnmatch pattern, e.g. '*dino*'")
+    p.set_defaults(func=cmd_encoders)
+
+    p = sub.add_parser("datasets", help="list registered datasets")
+    p.add_argument("--group", default=None, help="in-domain, domain-shift, near-ood, fine-grained, far-ood, ...")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("cache", help="list complete embedding cache entries")
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(func=cmd_cache)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ZsclustError as e:
+        print(f"zsclust: error: {e.user_message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zsclust: interrupted; finished shards are kept, rerun the same command to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Reduce -> cluster -> score: registered reducers and clusterers (scikit-learn estimators),
+metrics, the memory guard and the reduction cache.
+
+>>> from zsclust.cluster import create_reducer, create_clusterer, score_labels
+>>> reducer = create_reducer(["zscore", {"name": "pca", "n_components": 0.9}])
+>>> clusterer = create_clusterer("hdbscan", min_cluster_size=10)
+"""
+
+from zsclust.cluster._cache import ReductionCache
+from zsclust.cluster._pipeline import ClusteringPipeline, JobResult, format_table, resolve_clusterer_params
+from zsclust.cluster._clusterers import (
+    AffinityPropagationClusterer,
+    AgglomerativeClusterer,
+    HDBSCANClusterer,
+    ImportedClusterer,
+    KMeansClusterer,
+    SpectralClusterer,
+    create_clusterer,
+    list_clusterers,
+    register_clusterer,
+    registry_defaults,
+)
+from zsclust.cluster._memory import (
+    MemoryBudget,
+    available_memory,
+    check_fit_memory,
+    estimate_fit_bytes,
+    memory_budget,
+    parse_bytes,
+)
+from zsclust.cluster._metrics import (
+    DEFAULT_SILHOUETTE_SAMPLE_SIZE,
+    LABEL_METRICS,
+    clustering_accuracy,
+    score_embedding,
+    score_labels,
+    umap_silhouette,
+)
+from zsclust.cluster._reducers import (
+    STUDY_UMAP,
+    IdentityReducer,
+    L2Reducer,
+    PCAReducer,
+    UMAPReducer,
+    ZScoreReducer,
+    create_reducer,
+    list_reducers,
+    reducer_key,
+    register_reducer,
+)
+from zsclust.cluster._validation import check_embeddings
+
+__all__ = [
+    "ClusteringPipeline",
+    "JobResult",
+    "format_table",
+    "resolve_clusterer_params",
+    "DEFAULT_SILHOUETTE_SAMPLE_SIZE",
+    "LABEL_METRICS",
+    "STUDY_UMAP",
+    "AffinityPropagationClusterer",
+    "AgglomerativeClusterer",
+    "HDBSCANClusterer",
+    "IdentityReducer",
+    "ImportedClusterer",
+    "KMeansClusterer",
+    "L2Reducer",
+    "MemoryBudget",
+    "PCAReducer",
+    "ReductionCache",
+    "SpectralClusterer",
+    "UMAPReducer",
+    "ZScoreReducer",
+    "available_memory",
+    "check_embeddings",
+    "check_fit_memory",
+    "clustering_accuracy",
+    "create_clusterer",
+    "create_reducer",
+    "estimate_fit_bytes",
+    "list_clusterers",
+    "list_reducers",
+    "memory_budget",
+    "parse_bytes",
+    "reducer_key",
+    "register_clusterer",
+    "register_reducer",
+    "registry_defaults",
+    "score_embedding",
+    "score_labels",
+    "umap_silhouette",
+]
+
+
+def __getattr__(name):
+    # The callback imports Lightning (and torch); keep `import zsclust.cluster` light without it.
+    if name == "ClusteringCallback":
+        from zsclust.cluster._callback import ClusteringCallback
+
+        return ClusteringCallback
+    raise AttributeError(f"module 'zsclust.cluster' has no attribute {name!r}")

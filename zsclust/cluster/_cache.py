@@ -1,0 +1,200 @@
+"""Reduction cache: fit a reducer once per (embeddings, reducer, seed) and reuse the result.
+
+UMAP on 100k embeddings takes minutes and a sweep over clusterers reuses the same reduction many
+times, so the reduced array is stored on disk and kept in a small in-process LRU.
+
+Key: sha256 of ``{"format", "embedding_fingerprint", "reducer": reducer_key(spec with the seed
+applied), "seed"}``. On disk, per key: ``<key>.npy`` (the array) and ``<key>.json`` (a sidecar with
+the key's inputs, the shape, dtype and a sha256 of the array's bytes). Both are written to a
+temporary file in the same directory and moved into place with ``os.replace``, array first: the
+sidecar is the commit marker. A missing sidecar, an unreadable or truncated array, or one whose
+shape, dtype or checksum disagrees with its sidecar is a miss, and the entry is rewritten.
+
+The embedding fingerprint must identify ``X`` exactly: a subsample of the embeddings is a
+different fingerprint. As a cheap guard against a fingerprint that does not, the sidecar also keeps
+a digest of 64 evenly spaced rows of ``X`` (as float64, so a float16 -> float32 cast does not
+matter); a hit whose rows differ raises :class:`~zsclust.errors.CacheError` instead of returning a
+reduction of other data.
+
+Arrays returned are read-only (hits and misses alike), so that no caller can change a cached
+result in place; copy if you need to write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from zsclust.cluster._reducers import create_reducer, reducer_key
+from zsclust.errors import CacheError, ConfigError, InvalidDataError
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+__all__ = ["ReductionCache"]
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
+
+
+def _probe(X: np.ndarray) -> str:
+    """Digest of X's shape and 64 evenly spaced rows (as float64): cheap, even for millions of rows."""
+    rows = np.unique(np.linspace(0, X.shape[0] - 1, num=min(X.shape[0], 64)).astype(np.int64)) if len(X) else []
+    sample = np.ascontiguousarray(np.asarray(X[rows], dtype=np.float64))
+    return hashlib.sha256(repr(tuple(X.shape)).encode() + sample.data).hexdigest()
+
+
+class ReductionCache:
+    """Disk cache (plus in-process LRU of ``memory_items`` arrays) of fitted reductions.
+
+    ``directory`` is created if needed. If it cannot be written, results are still returned and a
+    warning says the cache is not persisted: a cache must not fail a run.
+    """
+
+    def __init__(self, directory, *, memory_items: int = 4):
+        self.directory = Path(directory)
+        self.memory_items = int(memory_items)
+        self._memory: OrderedDict[str, tuple[np.ndarray, str]] = OrderedDict()
+
+    # -- keys ------------------------------------------------------------------------------------
+    @staticmethod
+    def key_inputs(reducer_spec, *, embedding_fingerprint: str, seed: int) -> dict:
+        """The JSON-able dict the key is the digest of (also written to the sidecar)."""
+        if not isinstance(embedding_fingerprint, str) or not embedding_fingerprint:
+            raise ConfigError("ReductionCache: embedding_fingerprint must be a non-empty string.")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ConfigError(f"ReductionCache: seed must be an int, got {seed!r}.")
+        return {
+            "format": CACHE_FORMAT,
+            "embedding_fingerprint": embedding_fingerprint,
+            "reducer": reducer_key(reducer_spec, random_state=int(seed)),
+            "seed": int(seed),
+        }
+
+    def key(self, reducer_spec, *, embedding_fingerprint: str, seed: int) -> str:
+        """The cache key (hex sha256) of a reduction."""
+        inputs = self.key_inputs(reducer_spec, embedding_fingerprint=embedding_fingerprint, seed=seed)
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+    def paths(self, key: str) -> tuple[Path, Path]:
+        """(array path, sidecar path) of a key."""
+        return self.directory / f"{key}.npy", self.directory / f"{key}.json"
+
+    # -- main entry --------------------------------------------------------------------------------
+    def get_or_fit(self, reducer_spec, X, *, embedding_fingerprint: str, seed: int) -> tuple[np.ndarray, bool]:
+        """The reduced ``X`` and whether it came from the cache.
+
+        On a miss the reducer ``create_reducer(reducer_spec, random_state=seed)`` is fitted on ``X``
+        and the result stored. On a hit only 64 rows of ``X`` are read (see the module docstring).
+        ``reducer_spec`` is a spec (name, mapping or list), not a built estimator.
+        """
+        inputs = self.key_inputs(reducer_spec, embedding_fingerprint=embedding_fingerprint, seed=seed)
+        key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+        X = np.asarray(X)
+        probe = _probe(X) if X.ndim == 2 else ""
+
+        if key in self._memory:
+            cached, cached_probe = self._memory[key]
+            self._check_probe(cached_probe, probe, embedding_fingerprint)
+            self._memory.move_to_end(key)
+            return cached, True
+        loaded = self._load(key)
+        if loaded is not None:
+            cached, cached_probe = loaded
+            self._check_probe(cached_probe, probe, embedding_fingerprint)
+            self._remember(key, cached, cached_probe)
+            return cached, True
+
+        reducer = create_reducer(reducer_spec, random_state=int(seed))
+        reduced = np.asarray(reducer.fit_transform(X))
+        if reduced.ndim != 2 or reduced.shape[0] != X.shape[0]:
+            raise InvalidDataError(f"Reducer returned shape {reduced.shape} for {X.shape[0]} input rows.")
+        reduced = np.ascontiguousarray(reduced)
+        if np.may_share_memory(reduced, X):  # identity reducer: never make the caller's array read-only
+            reduced = reduced.copy()
+        self._store(key, inputs, reduced, probe)
+        reduced.flags.writeable = False
+        self._remember(key, reduced, probe)
+        return reduced, False
+
+    @staticmethod
+    def _check_probe(cached_probe: str, probe: str, fingerprint: str) -> None:
+        if cached_probe != probe:
+            raise CacheError(
+                f"The embeddings passed differ from those cached under fingerprint {fingerprint!r} (other "
+                "rows or another shape). The fingerprint must identify the array exactly: include any "
+                "subsampling or filtering of the embeddings in it."
+            )
+
+    def clear_memory(self) -> None:
+        """Drop the in-process layer (the disk entries stay)."""
+        self._memory.clear()
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _remember(self, key: str, array: np.ndarray, probe: str) -> None:
+        if self.memory_items <= 0:
+            return
+        self._memory[key] = (array, probe)
+        self._memory.move_to_end(key)
+        while len(self._memory) > self.memory_items:
+            self._memory.popitem(last=False)
+
+    def _load(self, key: str) -> tuple[np.ndarray, str] | None:
+        npy, sidecar = self.paths(key)
+        if not sidecar.exists() or not npy.exists():
+            return None
+        try:
+            meta = json.loads(sidecar.read_text())
+            array = np.load(npy, allow_pickle=False)
+            ok = (
+                meta.get("key") == key
+                and list(array.shape) == meta.get("shape")
+                and str(array.dtype) == meta.get("dtype")
+                and isinstance(meta.get("x_probe"), str)
+                and _digest(array) == meta.get("sha256")
+            )
+        except (OSError, ValueError, EOFError, json.JSONDecodeError, AttributeError) as err:
+            log.warning("reduction cache entry %s is unreadable (%s); recomputing", key[:12], err)
+            return None
+        if not ok:
+            log.warning("reduction cache entry %s does not match its sidecar; recomputing", key[:12])
+            return None
+        array.flags.writeable = False
+        return array, meta["x_probe"]
+
+    def _atomic_write(self, path: Path, write) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _store(self, key: str, inputs: dict, array: np.ndarray, probe: str) -> None:
+        npy, sidecar = self.paths(key)
+        meta = {"key": key, **inputs, "shape": list(array.shape), "dtype": str(array.dtype),
+                "sha256": _digest(array), "x_probe": probe}
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._atomic_write(npy, lambda fh: np.save(fh, array, allow_pickle=False))
+            self._atomic_write(sidecar, lambda fh: fh.write(json.dumps(meta, indent=2, sort_keys=True).encode()))
+        except OSError as err:
+            warnings.warn(f"Reduction cache: cannot write to {self.directory} ({err}); the result is not cached.",
+                          RuntimeWarning, stacklevel=3)
+

@@ -1,0 +1,396 @@
+"""Reducers: scikit-learn transformers applied to embeddings before clustering.
+
+Registered names: ``none`` (identity), ``zscore`` (StandardScaler), ``l2`` (Normalizer), ``pca``
+(PCA) and ``umap`` (UMAP; its defaults are the study's recommendation: 50 dimensions,
+n_neighbors=30, min_dist=0). A chain such as ``["zscore", "pca", "umap"]`` becomes a
+:class:`sklearn.pipeline.Pipeline`.
+
+Like the clusterers, each class keeps the scikit-learn constructor and parameters of the estimator
+it wraps and adds input and parameter checks at the start of ``fit``/``fit_transform`` (NaN/inf rows
+counted, at least 2 samples, dimensions that cannot exceed N), failing with zsclust errors.
+
+PCA with an integer ``n_components`` larger than ``min(n_samples, n_features)`` is refused with a
+ConfigError rather than clamped: a silently smaller PCA would be logged and cached under the
+configured dimension, and a sweep would compare results that are not what they claim to be.
+UMAP refuses ``n_neighbors >= N`` and ``n_components >= N - 1`` for the same reason (umap-learn would
+truncate or fall back to a random initialisation with only a warning).
+
+:func:`reducer_key` gives the canonical JSON-able description of a spec used for caching and
+logging: every step with all its parameters (defaults filled in), so ``"umap"``,
+``{"name": "umap"}`` and ``[{"name": "umap", "n_components": 50}]`` are the same key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.decomposition import PCA
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from zsclust.cluster._validation import _validate_sklearn_params, check_embeddings
+from zsclust.errors import ConfigError, InvalidDataError, did_you_mean
+
+__all__ = [
+    "IdentityReducer",
+    "L2Reducer",
+    "PCAReducer",
+    "UMAPReducer",
+    "ZScoreReducer",
+    "create_reducer",
+    "list_reducers",
+    "reducer_key",
+    "register_reducer",
+]
+
+STUDY_UMAP = {"n_components": 50, "n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean"}
+"""The UMAP setting the study recommends (and the label-free silhouette proxy uses)."""
+
+# Parameters that do not change the output, left out of reducer_key so that toggling them is not a
+# cache miss.
+_NON_SEMANTIC = frozenset({"copy", "verbose", "n_jobs"})
+
+_REGISTRY: dict[str, tuple[type, dict[str, Any]]] = {}
+
+
+def register_reducer(name: str, *, defaults: Mapping[str, Any] | None = None):
+    """Class decorator: make ``create_reducer(name)`` build this class with ``defaults``."""
+
+    def deco(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"reducer {name!r} is already registered")
+        cls._zs_name = name
+        _REGISTRY[name] = (cls, dict(defaults or {}))
+        return cls
+
+    return deco
+
+
+def list_reducers() -> list[str]:
+    """Registered reducer names."""
+    return sorted(_REGISTRY)
+
+
+class _CheckedReducerMixin:
+    """Checks every zsclust reducer runs before fitting; mixed in before the sklearn class."""
+
+    _zs_name: str = ""
+
+    def _check_params(self) -> None:
+        """Data-independent rules beyond ``_parameter_constraints``. Override."""
+
+    def _check_against_data(self, n_samples: int, n_features: int) -> None:
+        """Rules that depend on the data's shape. Override."""
+
+    def validate_config(self) -> None:
+        """All data-independent checks, as ConfigError; run by create_reducer and by fit."""
+        _validate_sklearn_params(self, self._zs_name or type(self).__name__)
+        self._check_params()
+
+    def _prepare_fit(self, X) -> np.ndarray:
+        self.validate_config()
+        X = check_embeddings(X, what=f"{self._zs_name or type(self).__name__} input")
+        self._check_against_data(*X.shape)
+        return X
+
+    def _prepare_transform(self, X) -> np.ndarray:
+        X = check_embeddings(X, what=f"{self._zs_name or type(self).__name__} input", min_samples=1)
+        n_in = getattr(self, "n_features_in_", None)
+        if n_in is not None and X.shape[1] != n_in:
+            raise InvalidDataError(
+                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting {n_in} features "
+                "as input (the number it was fitted on)."
+            )
+        return X
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False  # refused with a count of the bad rows
+        tags.input_tags.sparse = False  # embeddings are dense
+        return tags
+
+    def fit(self, X, y=None, **fit_params):
+        """Check, then fit. Returns self."""
+        return super().fit(self._prepare_fit(X), y, **fit_params)
+
+    def fit_transform(self, X, y=None, **fit_params):
+        """Check, then fit and transform."""
+        return super().fit_transform(self._prepare_fit(X), y, **fit_params)
+
+    def transform(self, X, *args, **kwargs):
+        """Check, then transform."""
+        return super().transform(self._prepare_transform(X), *args, **kwargs)
+
+
+@register_reducer("none")
+class IdentityReducer(_CheckedReducerMixin, TransformerMixin, BaseEstimator):
+    """No reduction: returns the (checked) embeddings unchanged."""
+
+    _parameter_constraints: dict = {}
+
+    def __init__(self):
+        pass
+
+    def fit(self, X, y=None):
+        """Check the input and remember its width."""
+        X = self._prepare_fit(X)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def fit_transform(self, X, y=None):
+        return self.fit(X).transform(X)
+
+    def transform(self, X):
+        check_is_fitted(self)
+        return self._prepare_transform(X)
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "n_features_in_")
+
+
+@register_reducer("zscore")
+class ZScoreReducer(_CheckedReducerMixin, StandardScaler):
+    """Per-dimension z-score (zero mean, unit variance; constant dimensions are left at scale 1)."""
+
+
+@register_reducer("l2")
+class L2Reducer(_CheckedReducerMixin, Normalizer):
+    """Scale each embedding to unit L2 norm (euclidean distance then ranks like cosine distance)."""
+
+
+@register_reducer("pca")
+class PCAReducer(_CheckedReducerMixin, PCA):
+    """PCA; ``n_components`` an int (dimensions kept) or a float in (0, 1) (variance kept).
+
+    An int larger than min(n_samples, n_features) is a ConfigError (see the module docstring).
+    """
+
+    def _check_against_data(self, n_samples, n_features):
+        k = self.n_components
+        if isinstance(k, Integral) and not isinstance(k, bool) and k > min(n_samples, n_features):
+            raise ConfigError(
+                f"pca: n_components={k} is larger than min(n_samples, n_features) = "
+                f"min({n_samples}, {n_features}) = {min(n_samples, n_features)}. Use at most that many "
+                "dimensions, or a float in (0, 1) to keep a fraction of the variance."
+            )
+
+
+@register_reducer("umap")
+class UMAPReducer(_CheckedReducerMixin, TransformerMixin, BaseEstimator):
+    """UMAP (umap-learn), with the study's defaults: 50-d, n_neighbors=30, min_dist=0.
+
+    umap-learn is imported on first fit (it compiles numba code, ~1 min the first time in a
+    process), so importing zsclust stays fast. With a ``random_state`` the result is reproducible
+    and UMAP runs single-threaded (``n_jobs=None`` picks 1 then, all cores otherwise). The fitted
+    ``umap.UMAP`` is ``umap_``; ``embedding_`` is the training data's embedding, which
+    ``fit_transform`` returns.
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "n_neighbors": [Interval(Integral, 2, None, closed="left")],
+        "min_dist": [Interval(Real, 0, 1, closed="both")],
+        "metric": [str, callable],
+        "random_state": ["random_state"],
+        "n_epochs": [Interval(Integral, 1, None, closed="left"), None],
+        "init": [StrOptions({"spectral", "random", "pca", "tswspectral"})],
+        "n_jobs": [Integral, None],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        n_components: int = STUDY_UMAP["n_components"],
+        n_neighbors: int = STUDY_UMAP["n_neighbors"],
+        min_dist: float = STUDY_UMAP["min_dist"],
+        metric: str = STUDY_UMAP["metric"],
+        random_state=None,
+        n_epochs: int | None = None,
+        init: str = "spectral",
+        n_jobs: int | None = None,
+        verbose: bool = False,
+    ):
+        self.n_components = n_components
+        self.n_neighbors = n_neighbors
+        self.min_dist = min_dist
+        self.metric = metric
+        self.random_state = random_state
+        self.n_epochs = n_epochs
+        self.init = init
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+
+    def _check_against_data(self, n_samples, n_features):
+        if self.n_neighbors >= n_samples:
+            raise ConfigError(
+                f"umap: n_neighbors={self.n_neighbors} needs more than {self.n_neighbors} samples, got "
+                f"N={n_samples}. Lower n_neighbors or pass more samples."
+            )
+        if self.n_components >= n_samples - 1:
+            raise ConfigError(
+                f"umap: n_components={self.n_components} needs at least {self.n_components + 2} samples "
+                f"for its spectral initialisation, got N={n_samples}. Lower n_components or pass more samples."
+            )
+
+    def fit(self, X, y=None):
+        """Fit UMAP on the checked embeddings. Returns self."""
+        X = self._prepare_fit(X)
+        import umap  # deferred: heavy import, numba compilation
+
+        n_jobs = self.n_jobs if self.n_jobs is not None else (1 if self.random_state is not None else -1)
+        self.umap_ = umap.UMAP(
+            n_components=self.n_components, n_neighbors=self.n_neighbors, min_dist=self.min_dist,
+            metric=self.metric, random_state=self.random_state, n_epochs=self.n_epochs, init=self.init,
+            n_jobs=n_jobs, verbose=self.verbose,
+        ).fit(X)
+        self.embedding_ = self.umap_.embedding_
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def fit_transform(self, X, y=None):
+        """Fit, and return the training data's embedding (not a re-projection of it)."""
+        return self.fit(X).embedding_
+
+    def transform(self, X):
+        """Project new points into the fitted embedding."""
+        check_is_fitted(self, "umap_")
+        return self.umap_.transform(self._prepare_transform(X))
+
+
+# ----------------------------------------------------------------------------------- registry
+
+
+def _resolve(name: str) -> tuple[type, dict[str, Any]]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"Unknown reducer {name!r}. Registered: {', '.join(list_reducers())}.{did_you_mean(name, _REGISTRY)}"
+        ) from None
+
+
+def _normalise_spec(spec) -> list[tuple[str, dict[str, Any]]]:
+    """Any accepted spec -> a list of (name, params), identity steps removed."""
+    if spec is None:
+        return []
+    if isinstance(spec, (str, Mapping)):
+        items = [spec]
+    elif isinstance(spec, Sequence):
+        items = list(spec)
+    else:
+        raise ConfigError(
+            f"A reducer spec is a name, a mapping {{'name': ..., params}} or a list of those; got {type(spec).__name__}."
+        )
+    steps = []
+    for item in items:
+        if isinstance(item, str):
+            name, params = item, {}
+        elif isinstance(item, Mapping):
+            params = dict(item)
+            if "name" not in params:
+                raise ConfigError(f"A reducer step needs a 'name' key, got keys {sorted(params)}.")
+            name = params.pop("name")
+        else:
+            raise ConfigError(f"A reducer step is a name or a mapping, got {item!r}.")
+        if not isinstance(name, str):
+            raise ConfigError(f"A reducer name must be a string, got {name!r}.")
+        cls, _ = _resolve(name)
+        if cls is IdentityReducer:
+            if params:
+                raise ConfigError(f"Reducer 'none' takes no parameters, got {sorted(params)}.")
+            continue
+        steps.append((name, params))
+    return steps
+
+
+def _build_step(name: str, params: dict[str, Any]):
+    cls, defaults = _resolve(name)
+    valid = cls._get_param_names()
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"Invalid parameter(s) {', '.join(unknown)} for reducer {name!r}. Valid parameters: "
+            f"{', '.join(valid) or '(none)'}.{did_you_mean(unknown[0], valid)}"
+        )
+    est = cls(**{**defaults, **params})
+    est.validate_config()
+    return est
+
+
+def create_reducer(spec, *, random_state=None):
+    """Build the reducer a spec describes: a name, ``{"name": ..., **params}``, or a list (a chain).
+
+    ``None``/``"none"``/``[]`` give :class:`IdentityReducer`; one step gives that estimator; more
+    give a Pipeline whose steps are named after the registry (``pca``, ``umap``; a repeated name
+    gets ``-1``, ``-2``, ...). ``random_state``, when given, overrides the seed of every step that
+    has one. Parameters are validated now (ConfigError).
+    """
+    steps = [_build_step(n, p) for n, p in _normalise_spec(spec)]
+    if random_state is not None:
+        for est in steps:
+            if "random_state" in est.get_params(deep=False):
+                est.set_params(random_state=random_state)
+    if not steps:
+        return IdentityReducer()
+    if len(steps) == 1:
+        return steps[0]
+    names = [est._zs_name for est in steps]
+    counts = {n: names.count(n) for n in names}
+    seen: dict[str, int] = {}
+    step_names = []
+    for n in names:
+        if counts[n] > 1:
+            seen[n] = seen.get(n, 0) + 1
+            step_names.append(f"{n}-{seen[n]}")
+        else:
+            step_names.append(n)
+    return Pipeline(list(zip(step_names, steps)))
+
+
+def _jsonable(value):
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, Real):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in sorted(value.items())}
+    return repr(value)
+
+
+def _describe(est) -> dict[str, Any]:
+    name = getattr(est, "_zs_name", "")
+    if not name or _REGISTRY.get(name, (None,))[0] is not type(est):
+        raise ConfigError(f"reducer_key: {type(est).__name__} is not a registered zsclust reducer.")
+    params = {k: _jsonable(v) for k, v in sorted(est.get_params(deep=False).items()) if k not in _NON_SEMANTIC}
+    return {"name": name, **params}
+
+
+def reducer_key(spec, *, random_state=None) -> list[dict[str, Any]]:
+    """Canonical, JSON-able description of a reducer spec (or of an estimator create_reducer built).
+
+    A list of steps, each ``{"name": ..., **all parameters}`` (defaults filled in, identity steps
+    dropped, parameters that do not change the output such as ``n_jobs`` left out); the identity is
+    ``[{"name": "none"}]``. Equal keys mean equal computations, so it is what the reduction cache
+    hashes and what gets logged.
+    """
+    if isinstance(spec, BaseEstimator):
+        est = spec
+        if random_state is not None:
+            raise ConfigError("reducer_key: pass random_state only with a spec, not with a built estimator.")
+    else:
+        est = create_reducer(spec, random_state=random_state)
+    if isinstance(est, IdentityReducer):
+        return [{"name": "none"}]
+    if isinstance(est, Pipeline):
+        return [_describe(step) for _, step in est.steps]
+    return [_describe(est)]

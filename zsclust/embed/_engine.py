@@ -1,0 +1,211 @@
+"""``embed()``: dataset + encoder → cached embeddings, through ``Trainer.predict`` on any number of devices."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from .. import __version__
+from ..errors import ConfigError
+from ._cache import EmbeddingCache, EmbeddingSet
+from ._fingerprint import fingerprint_digest, fingerprint_inputs
+from ._module import EmbeddingModule
+from ._writer import ShardWriter
+
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+
+
+@dataclass
+class EmbedOptions:
+    """How to run the embedding (not what: that is the encoder and the dataset)."""
+
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    batch_size: int | None = None
+    num_workers: int | None = None
+    shard_size: int = 4096
+    channels_last: bool = True
+    progress: bool = True
+    cache_dir: str | None = None
+    trainer_kwargs: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.accelerator not in ACCELERATORS:
+            raise ConfigError(f"accelerator '{self.accelerator}' is not one of {', '.join(ACCELERATORS)}.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision '{self.precision}' is not one of {', '.join(PRECISIONS)}.")
+        for name in ("num_nodes", "shard_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}.")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"num_workers must be 0 or more, got {self.num_workers}.")
+        if isinstance(self.devices, int) and self.devices < 1:
+            raise ConfigError(f"devices must be at least 1 (or 'auto'), got {self.devices}.")
+        if self.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ConfigError("accelerator 'gpu' was asked for, but no CUDA device is visible. Use --accelerator cpu.")
+
+
+def resolve_accelerator(accelerator: str) -> str:
+    if accelerator == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return "gpu" if accelerator == "cuda" else accelerator
+
+
+def cpu_supports_bf16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); elsewhere bf16 is slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto`` → bf16 autocast on GPUs that have it (else fp16), bf16 on CPUs that have it (else fp32)."""
+    if precision != "auto":
+        return "32-true" if precision == "32" else precision
+    if resolve_accelerator(accelerator) == "gpu":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_supports_bf16() else "32-true"
+
+
+def default_loader_options(accelerator: str, devices, num_nodes: int) -> dict:
+    """A loader tuned for inference: big batches and a few workers per device on GPU.
+
+    On the CPU the model's forward pass already uses every core, so one decoding worker is enough
+    to keep it fed (see BENCHMARKS.md); more workers only steal cores from the forward pass.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if resolve_accelerator(accelerator) == "gpu":
+        local = torch.cuda.device_count() if devices in ("auto", -1) else int(devices)
+        return {"batch_size": 256, "num_workers": max(1, min(12, cpus // max(1, local) - 1)), "pin_memory": True}
+    procs = int(devices) if isinstance(devices, int) else 1
+    return {"batch_size": 32, "num_workers": 1 if cpus // max(1, procs) >= 2 else 0, "pin_memory": False}
+
+
+def embed(
+    encoder,
+    dataset,
+    *,
+    split: str = "test",
+    root: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+    download: bool = False,
+    seed: int = 0,
+    skip_corrupt: bool = False,
+    options: EmbedOptions | None = None,
+    callbacks: Sequence = (),
+) -> EmbeddingSet | None:
+    """Embed ``dataset``'s ``split`` with ``encoder`` and return the cached :class:`EmbeddingSet`.
+
+    ``encoder`` is a name for :func:`zsclust.encoders.create_encoder` (or an ``Encoder``);
+    ``dataset`` a name or folder for :func:`zsclust.data.create_dataset` (or an ``ImageDataset``
+    already built with this encoder's transform). A complete cache entry is returned without running
+    anything; an incomplete one is resumed. In a multi-process run, ranks other than global zero
+    return ``None``.
+    """
+    from ..data import build_transform, create_dataset
+    from ..encoders import create_encoder
+
+    options = options or EmbedOptions()
+    options.validate()
+    if isinstance(encoder, str):
+        encoder = create_encoder(encoder, weights=weights)
+    transform = build_transform(encoder.data_config)
+    if isinstance(dataset, (str, os.PathLike)):
+        dataset = create_dataset(str(dataset), split, root=root, transform=transform, download=download,
+                                 seed=seed, skip_corrupt=skip_corrupt)
+    precision = resolve_precision(options.precision, options.accelerator)
+    inputs = fingerprint_inputs(encoder, dataset, precision)
+    fingerprint = fingerprint_digest(inputs)
+    cache = EmbeddingCache(options.cache_dir)
+    entry = cache.entry(fingerprint)
+    if entry.is_complete:
+        return entry.load()
+
+    n = len(dataset)
+    done = entry.done_indices()
+    remaining = sorted(set(range(n)) - set(done.tolist()))
+    meta = {
+        "fingerprint_inputs": inputs,
+        "encoder": encoder.describe(),
+        "dataset": {"name": dataset.name, "split": dataset.split, "group": getattr(dataset, "group", None),
+                    "classes": list(getattr(dataset, "classes", [])),
+                    "split_record": getattr(dataset, "split_record", None)},
+        "zsclust_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "resumed_from": int(len(done)),
+    }
+    writer = ShardWriter(entry, n, meta, shard_size=options.shard_size)
+    if not remaining:  # killed after the last shard but before the merge
+        return entry.finalize(n, meta)
+
+    loader_opts = default_loader_options(options.accelerator, options.devices, options.num_nodes)
+    if options.batch_size is not None:
+        loader_opts["batch_size"] = options.batch_size
+    if options.num_workers is not None:
+        loader_opts["num_workers"] = options.num_workers
+    from ..data import collate_batch
+
+    loader = DataLoader(
+        Subset(dataset, remaining) if len(remaining) < n else dataset,
+        shuffle=False,
+        collate_fn=collate_batch,
+        prefetch_factor=4 if loader_opts["num_workers"] else None,
+        **loader_opts,
+    )
+    trainer = make_trainer(options, precision, callbacks=[writer, *callbacks], root_dir=cache.root)
+    if trainer.is_global_zero and done.size:
+        print(f"Resuming {fingerprint}: {len(done)} of {n} samples already embedded.")
+    start = time.perf_counter()
+    trainer.predict(EmbeddingModule(encoder, channels_last=options.channels_last), dataloaders=loader,
+                    return_predictions=False)
+    if not trainer.is_global_zero:
+        return None
+    result = writer.result
+    result.meta["embed_seconds"] = time.perf_counter() - start
+    result.meta["samples_embedded_this_run"] = len(remaining)
+    return result
+
+
+def make_trainer(options: EmbedOptions, precision: str, callbacks: Sequence = (), root_dir: Path | None = None):
+    import lightning.pytorch as pl
+
+    accelerator = resolve_accelerator(options.accelerator)
+    world = (options.devices if isinstance(options.devices, int) else 2) * options.num_nodes
+    strategy = options.strategy
+    if strategy == "auto" and world > 1:
+        strategy = "ddp"
+    if accelerator == "gpu":
+        torch.set_float32_matmul_precision("high")
+    kwargs = dict(
+        accelerator=accelerator,
+        devices=options.devices,
+        num_nodes=options.num_nodes,
+        strategy=strategy,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=options.progress,
+        inference_mode=True,
+        callbacks=list(callbacks),
+        default_root_dir=str(root_dir) if root_dir else None,
+    )
+    kwargs.update(options.trainer_kwargs)
+    return pl.Trainer(**kwargs)
+
+
+def options_dict(options: EmbedOptions) -> dict:
+    return asdict(options)

@@ -1,0 +1,46 @@
+"""The embedding fingerprint: a digest of everything that changes the embeddings.
+
+Any change to the encoder, its weights, its preprocessing, the dataset, the split, the sample
+count, the precision or the pooling is a different fingerprint, hence a cache miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+FINGERPRINT_VERSION = 1
+
+
+def fingerprint_inputs(encoder, dataset, precision: str) -> dict:
+    """The JSON-able dict the fingerprint is the digest of (also stored in the cache manifest).
+
+    The transform is the dataset's own: a dataset built by the caller may bring another one.
+    """
+    transform = getattr(dataset, "transform", None)
+    return {
+        "version": FINGERPRINT_VERSION,
+        "encoder": encoder.name,
+        "weights_digest": encoder.weights_digest,
+        "pooling": encoder.pooling,
+        "num_features": encoder.num_features,
+        "preprocessing": {k: _jsonable(v) for k, v in sorted(encoder.data_config.items())},
+        "transform": repr(transform) if transform is not None else None,
+        "dataset": dataset.fingerprint(),
+        "split": dataset.split,
+        "num_samples": len(dataset),
+        "precision": str(precision),
+    }
+
+
+def fingerprint_digest(inputs: dict) -> str:
+    blob = json.dumps(inputs, sort_keys=True, default=_jsonable).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def _jsonable(v):
+    if isinstance(v, tuple):
+        return list(v)
+    if isinstance(v, (str, int, float, bool, list, dict)) or v is None:
+        return v
+    return repr(v)

@@ -1,0 +1,97 @@
+"""Thin job entry points: each takes a resolved config and returns its results (for the CLI and sweepers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .config import to_container, to_yaml
+
+
+def _embed_options(cfg):
+    from .embed import EmbedOptions
+
+    e = cfg.embed
+    return EmbedOptions(accelerator=e.accelerator, devices=e.devices, num_nodes=e.num_nodes, strategy=e.strategy,
+                        precision=e.precision, batch_size=e.batch_size, num_workers=e.num_workers,
+                        shard_size=e.shard_size, progress=e.progress, cache_dir=e.cache_dir)
+
+
+def reduction_cache_dir(cfg) -> Path:
+    from .embed import EmbeddingCache
+
+    if cfg.reduction_cache:
+        return Path(cfg.reduction_cache)
+    return EmbeddingCache(cfg.embed.cache_dir).root.parent / "reductions"
+
+
+def make_pipeline(cfg, context: dict, tracker=None):
+    from .cluster import ClusteringPipeline, ReductionCache
+
+    return ClusteringPipeline(
+        to_container(cfg.reducers), to_container(cfg.clusterers), seed=cfg.seed,
+        reduction_cache=ReductionCache(reduction_cache_dir(cfg)), tracker=tracker, context=context,
+        silhouette_sample_size=cfg.evaluation.silhouette_sample_size,
+        umap_silhouette=cfg.evaluation.umap_silhouette, plots=cfg.tracking.plots, config_yaml=to_yaml(cfg),
+    )
+
+
+def make_tracker(cfg):
+    if not cfg.tracking.enabled:
+        return None
+    from .tracking import MLflowTracker
+
+    return MLflowTracker(cfg.tracking.uri, cfg.tracking.experiment)
+
+
+def run_experiment(cfg):
+    """Embed (or load from the cache), then every reducer × clusterer; ``None`` on ranks other than 0.
+
+    The pipeline is validated (estimators built, smoke-fitted, memory checked) before any embedding.
+    """
+    from .cluster import ClusteringCallback
+    from .data import build_transform, create_dataset
+    from .embed import embed, resolve_precision
+    from .encoders import create_encoder
+
+    encoder = create_encoder(cfg.encoder.name, weights=cfg.encoder.weights)
+    dataset = create_dataset(cfg.data.name, cfg.data.split, root=cfg.data.root,
+                             transform=build_transform(encoder.data_config), download=cfg.data.download,
+                             seed=cfg.data.seed, skip_corrupt=cfg.data.skip_corrupt)
+    labels = np.asarray(dataset.labels)
+    n_classes = len(np.unique(labels[labels >= 0])) or None
+    context = {
+        "encoder.name": cfg.encoder.name, "encoder.weights": cfg.encoder.weights,
+        "data.name": dataset.name, "data.split": cfg.data.split, "data.seed": cfg.data.seed,
+        "embed.precision": resolve_precision(cfg.embed.precision, cfg.embed.accelerator),
+    }
+    pipeline = make_pipeline(cfg, context)
+    pipeline.validate(len(dataset), encoder.num_features, n_classes)
+    pipeline.tracker = make_tracker(cfg)  # after validation, so a config error leaves no empty experiment
+    callback = ClusteringCallback(pipeline)
+    result = embed(encoder, dataset, options=_embed_options(cfg), callbacks=[callback])
+    if result is None:
+        return None
+    results = callback.results if callback.results is not None else pipeline.run(result)
+    return result, results, pipeline.tracker
+
+
+def cluster_embeddings(cfg, source: str):
+    """The same pipeline on an existing cache entry (fingerprint or prefix) or an exported ``.npz``."""
+    from .embed import EmbeddingCache, EmbeddingSet
+
+    if source.endswith(".npz") or Path(source).is_file():
+        emb = EmbeddingSet.from_npz(source)
+        context = {"encoder.name": "npz", "data.name": Path(source).stem, "data.split": "?"}
+    else:
+        emb = EmbeddingCache(cfg.embed.cache_dir).load(source)
+        fi = emb.meta.get("fingerprint_inputs", {})
+        context = {"encoder.name": fi.get("encoder"), "data.name": emb.meta["dataset"]["name"],
+                   "data.split": emb.meta["dataset"]["split"], "embed.precision": fi.get("precision")}
+    labels = np.asarray(emb.labels)
+    n_classes = len(np.unique(labels[labels >= 0])) or None
+    pipeline = make_pipeline(cfg, context)
+    pipeline.validate(len(emb), int(np.asarray(emb.embeddings).shape[1]), n_classes)
+    pipeline.tracker = make_tracker(cfg)
+    return emb, pipeline.run(emb), pipeline.tracker

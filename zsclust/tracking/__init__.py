@@ -1,0 +1,10 @@
+"""MLflow tracking: the store (embedded SQLite default or a server), runs, and plots as artifacts."""
+
+from ._mlflow import MLflowTracker, git_commit
+from ._plots import plot_contingency, plot_scatter
+from ._store import artifact_root_for, default_store_dir, resolve_tracking_uri, start_ui, ui_command
+
+__all__ = [
+    "MLflowTracker", "artifact_root_for", "default_store_dir", "git_commit", "plot_contingency", "plot_scatter",
+    "resolve_tracking_uri", "start_ui", "ui_command",
+]

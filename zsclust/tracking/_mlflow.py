@@ -1,0 +1,91 @@
+"""One MLflow run per encoder × dataset × split × reducer × clusterer, written through ``MlflowClient``.
+
+The client API (not the fluent ``mlflow.start_run``) keeps no global active run, so parallel
+workers and nested tuning runs cannot log into each other's runs.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ._store import check_reachable, get_or_create_experiment, resolve_tracking_uri
+
+MAX_PARAM_LEN = 6000  # MLflow 3's limit on a param value
+BATCH = 100  # log_batch takes at most 100 params per call
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class MLflowTracker:
+    """Creates runs in one experiment and logs params, metrics, tags and artifacts to them."""
+
+    def __init__(self, uri: str | None = None, experiment: str = "zsclust"):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = resolve_tracking_uri(uri)
+        check_reachable(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_name = experiment
+        self.experiment_id = get_or_create_experiment(self.client, experiment, self.uri)
+        self.base_tags = {"zsclust.version": __version__}
+        commit = git_commit()
+        if commit:
+            self.base_tags["git.commit"] = commit
+
+    def start_run(self, run_name: str, tags: dict | None = None, parent_run_id: str | None = None) -> str:
+        all_tags = {**self.base_tags, **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), BATCH):
+            self.client.log_batch(run_id, params=items[i : i + BATCH])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())
+                 if v is not None and isinstance(v, (int, float)) and not math.isnan(float(v))]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            if v is not None:
+                self.client.set_tag(run_id, k, str(v))
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.uri} experiment {self.experiment_id} run {run_id}"
+
+
+def _param_value(v: Any) -> str:
+    s = "None" if v is None else str(v)
+    return s if len(s) <= MAX_PARAM_LEN else s[: MAX_PARAM_LEN - 3] + "..."

@@ -1,0 +1,94 @@
+"""Where MLflow records go: ``$MLFLOW_TRACKING_URI``, else a SQLite store under ``./mlruns``.
+
+MLflow 3 refuses a plain file store by default, so the embedded default is ``mlruns/mlflow.db``
+with artifacts in ``mlruns/artifacts`` beside it: no server needed, and ``zsclust ui`` opens it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import ConfigError
+
+DEFAULT_DIR = "mlruns"
+
+
+def default_store_dir() -> Path:
+    return Path(os.environ.get("ZSCLUST_MLRUNS", DEFAULT_DIR)).resolve()
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """Explicit ``uri``, else ``$MLFLOW_TRACKING_URI``, else the SQLite store under ``./mlruns``."""
+    if uri:
+        return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    d = default_store_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{d / 'mlflow.db'}"
+
+
+def artifact_root_for(uri: str) -> str | None:
+    """Artifacts beside a local SQLite store; a server (http) decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def get_or_create_experiment(client, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_experiment_artifacts(uri, name))
+    except Exception:  # another worker created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _experiment_artifacts(uri: str, name: str) -> str | None:
+    root = artifact_root_for(uri)
+    return f"{root}/{name}" if root else None
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Fail early, with the URI in the message, when a tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
+    except Exception as e:
+        raise ConfigError(f"MLflow tracking server '{uri}' is unreachable ({e}). Start it, fix "
+                          "MLFLOW_TRACKING_URI, or unset it to use the local store under ./mlruns.") from None
+
+
+def ui_command(uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    uri = resolve_tracking_uri(uri)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    root = artifact_root_for(uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    return cmd
+
+
+def start_ui(uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> int:
+    cmd = ui_command(uri, host, port)
+    print(f"MLflow UI on http://{host}:{port}  (store: {resolve_tracking_uri(uri)}); Ctrl-C stops it.")
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        time.sleep(0.5)
+        return 0
