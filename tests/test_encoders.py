@@ -38,6 +38,16 @@ DATA_KEYS = {"input_size", "interpolation", "mean", "std", "crop_pct", "crop_mod
 SMALL_VIT = {"depth": 2}  # converters rename keys per block: two blocks test them as well as twelve
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads, oversubscribed by
+    other processes, made this file 3× slower; single-threaded it is steady."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch, tmp_path):
     """Fail fast instead of retrying the hub, and never touch the user's TORCH_HOME cache."""

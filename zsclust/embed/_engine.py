@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -179,8 +181,21 @@ def embed(
     return result
 
 
+class _DropAdverts(logging.Filter):
+    """Lightning prints a cloud-logger advert at every Trainer start; it is noise in a CLI's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage().lower()
+
+
 def make_trainer(options: EmbedOptions, precision: str, callbacks: Sequence = (), root_dir: Path | None = None):
     import lightning.pytorch as pl
+
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdverts) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_DropAdverts())
+    # A deprecation inside Lightning 2.6's own pytree helper, not ours to fix.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
     accelerator = resolve_accelerator(options.accelerator)
     world = (options.devices if isinstance(options.devices, int) else 2) * options.num_nodes

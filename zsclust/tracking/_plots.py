@@ -40,12 +40,13 @@ def plot_contingency(labels_true, labels_pred, path: Path, class_names=None, max
 def plot_scatter(xy: np.ndarray, labels_true, labels_pred, path: Path, title: str = "") -> Path:
     """Side by side: the 2-D UMAP coloured by true label and by predicted cluster (noise in grey)."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
+    size = float(np.clip(4000 / max(len(xy), 1), 1, 20))  # readable for 500 points and for 500k
     for ax, lab, name in ((axes[0], labels_true, "true label"), (axes[1], labels_pred, "predicted cluster")):
         lab = np.asarray(lab)
         noise = lab < 0
         if noise.any():
-            ax.scatter(xy[noise, 0], xy[noise, 1], s=3, c="lightgrey", label="noise", linewidths=0)
-        ax.scatter(xy[~noise, 0], xy[~noise, 1], s=3, c=lab[~noise], cmap="tab20", linewidths=0)
+            ax.scatter(xy[noise, 0], xy[noise, 1], s=size, c="lightgrey", label="noise", linewidths=0)
+        ax.scatter(xy[~noise, 0], xy[~noise, 1], s=size, c=lab[~noise], cmap="tab20", linewidths=0)
         ax.set_title(f"coloured by {name}")
         ax.set_xticks([])
         ax.set_yticks([])
