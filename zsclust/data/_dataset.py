@@ -68,6 +68,7 @@ class ImageDataset(Dataset):
         # JPEGs decode straight to roughly the resize size when the transform's resize is known.
         self._transform = tf
         self.draft_size = draft_size_of(tf) if tf is not None else None
+        self.decode_to_tensor = bool(getattr(tf, "decodes_to_tensor", False))
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -79,7 +80,7 @@ class ImageDataset(Dataset):
         i = int(i) % n
         label = int(self.labels[i])
         try:
-            img = self.source.load(int(self.indices[i]), self.draft_size)
+            img = self.source.load(int(self.indices[i]), self.draft_size, self.decode_to_tensor)
         except CorruptImageError as e:
             if not self.skip_corrupt:
                 raise
