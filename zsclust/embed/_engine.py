@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ._cache import EmbeddingCache, EmbeddingSet
 from ._fingerprint import fingerprint_digest, fingerprint_inputs
 from ._module import EmbeddingModule
+from ._optimize import fold_batchnorm
 from ._writer import ShardWriter
 
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
@@ -37,6 +38,7 @@ class EmbedOptions:
     num_workers: int | None = None
     shard_size: int = 4096
     channels_last: bool = True
+    fold_batchnorm: bool = True  # fold eval-mode BN into the preceding conv (outputs checked unchanged)
     progress: bool = True
     cache_dir: str | None = None
     trainer_kwargs: dict = field(default_factory=dict)
@@ -171,7 +173,11 @@ def embed(
     if trainer.is_global_zero and done.size:
         print(f"Resuming {fingerprint}: {len(done)} of {n} samples already embedded.")
     start = time.perf_counter()
-    trainer.predict(EmbeddingModule(encoder, channels_last=options.channels_last), dataloaders=loader,
+    model = encoder
+    if options.fold_batchnorm:
+        probe = torch.rand(2, *encoder.data_config["input_size"])
+        model, _ = fold_batchnorm(encoder, check_input=probe)
+    trainer.predict(EmbeddingModule(model, channels_last=options.channels_last), dataloaders=loader,
                     return_predictions=False)
     if not trainer.is_global_zero:
         return None
