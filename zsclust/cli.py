@@ -159,6 +159,53 @@ def cmd_cluster(args) -> int:
     return 1 if results and all(r.error for r in results) else 0
 
 
+def cmd_tune(args) -> int:
+    from .config import to_yaml
+    from .jobs import tune
+    from .tune import load_tune_config
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not os.path.isfile(config):  # only overrides were given
+        config, overrides = None, [config, *overrides]
+    if args.no_progress:
+        overrides.append("embed.progress=false")
+    cfgs = load_tune_config(config, overrides, embeddings=args.embeddings)
+    if args.print_config:
+        for cfg in cfgs:
+            print(to_yaml(cfg))
+        return 0
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and one line per trial say it
+    results = tune(cfgs, progress=not args.no_progress)
+    if results is None:  # not global zero
+        return 0
+    for cfg, result in zip(cfgs, results):
+        print()
+        print(result.summary(cfg.objective.metric))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .jobs import evaluate_study
+
+    overrides = [*args.overrides, *(["embed.progress=false"] if args.no_progress else [])]
+    out = evaluate_study(args.study, storage=args.storage, overrides=overrides, embeddings=args.embeddings,
+                         progress=not args.no_progress)
+    if out is None:
+        return 0
+    from .cluster import format_table
+
+    results = [r for o in out for r in o.results]
+    for o in out:
+        print(f"\nstudy '{args.study}': best params on the test split of {o.target} ({len(o.embeddings)} samples)")
+        print(format_table(o.results))
+    failed = [r for r in results if r.error]
+    if any(r.run_id for r in results):
+        print("\nMLflow: runs tagged zsclust.study='" + args.study + "'; open the UI with:  zsclust ui")
+    return 1 if results and len(failed) == len(results) else 0
+
+
 def cmd_ui(args) -> int:
     from .tracking import start_ui
 
@@ -187,6 +234,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides")
     p.set_defaults(func=cmd_cluster)
 
+    p = sub.add_parser("tune", help="Optuna search on validation splits (one study per encoder x reducer x clusterer), "
+                                     "shared by any number of workers, tracked in MLflow")
+    p.add_argument("config", nargs="?", default=None, help="tune YAML (see experiments/tune/); defaults if omitted")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. space.clusterer=hdbscan study.n_trials=100")
+    p.add_argument("--embeddings", action="append", default=[], metavar="NAME=FILE.npz[:WEIGHT]",
+                   help="tune on exported val embeddings instead of embedding datasets (repeat for several)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config(s) and exit")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("evaluate", help="apply a study's best params to the test split of each target dataset")
+    p.add_argument("--study", required=True, help="study name (printed by zsclust tune)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL [sqlite:///mlruns/optuna.db]")
+    p.add_argument("--embeddings", action="append", default=[], metavar="NAME=FILE.npz",
+                   help="exported test embeddings of a target (repeat for several)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the study's config, e.g. evaluate.targets=[cifar10]")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("ui", help="start the MLflow UI on the tracking store")
     p.add_argument("--uri", default=None, help="tracking URI [$MLFLOW_TRACKING_URI or ./mlruns/mlflow.db]")
     p.add_argument("--host", default="127.0.0.1")
@@ -208,7 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # dotted overrides given after an option (argparse stops filling positionals there)
+        if getattr(args, "overrides", None) is not None and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except ZsclustError as e:

@@ -95,3 +95,41 @@ def cluster_embeddings(cfg, source: str):
     pipeline.validate(len(emb), int(np.asarray(emb.embeddings).shape[1]), n_classes)
     pipeline.tracker = make_tracker(cfg)
     return emb, pipeline.run(emb), pipeline.tracker
+
+
+def tune(cfgs, *, progress: bool = True):
+    """Embed the val splits once, then run (or join) one Optuna study per config; ``None`` on ranks other than 0.
+
+    ``cfgs`` come from :func:`zsclust.tune.load_tune_config` (one per reducer × clusterer family).
+    Spaces and the storage are checked before anything is embedded. Returns a ``StudyResult`` per study.
+    """
+    from .cluster import ReductionCache
+    from .tune import (LABEL_READING_METRICS, Objective, SearchSpace, StudyRunner, load_validation_sets,
+                       open_storage, tune_reduction_dir)
+
+    spaces = [SearchSpace(c.space, where=f"space of study '{c.study.name}'") for c in cfgs]
+    for c in cfgs:
+        open_storage(c.study.storage, retry_stale=0)  # unreachable: a ConfigError now, not after the embedding
+    first = cfgs[0]
+    o = first.objective
+    datasets = load_validation_sets(first, read_labels=o.metric in LABEL_READING_METRICS or o.report_ami,
+                                    progress=progress)
+    if datasets is None:
+        return None
+    results = []
+    for cfg, space in zip(cfgs, spaces):
+        objective = Objective(space, datasets, metric=cfg.objective.metric,
+                              silhouette_space=cfg.objective.silhouette_space,
+                              reduction_cache=ReductionCache(tune_reduction_dir(cfg), memory_items=2 * len(datasets) + 2),
+                              seed=cfg.seed, silhouette_sample_size=cfg.evaluation.silhouette_sample_size)
+        objective.prepare(progress=progress)
+        runner = StudyRunner(cfg, space, objective, tracker_factory=lambda cfg=cfg: make_tracker(cfg), progress=progress)
+        results.append(runner.run())
+    return results
+
+
+def evaluate_study(study: str, *, storage: str | None = None, overrides=(), embeddings=(), progress: bool = True):
+    """A study's best params on the test split of each target (``zsclust.tune.evaluate_study``)."""
+    from .tune import evaluate_study as _evaluate
+
+    return _evaluate(study, storage=storage, overrides=overrides, embeddings=embeddings, progress=progress)

@@ -87,15 +87,17 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 def default_loader_options(accelerator: str, devices, num_nodes: int) -> dict:
     """A loader tuned for inference: big batches and a few workers per device on GPU.
 
-    On the CPU the model's forward pass already uses every core, so one decoding worker is enough
-    to keep it fed (see BENCHMARKS.md); more workers only steal cores from the forward pass.
+    On the CPU the forward pass already keeps every core busy, so a decoding worker does not overlap
+    with it but preempts one of its threads, and every parallel kernel waits for that thread: on 2
+    cores one worker made the forward pass 35% slower and the whole run 15% slower than decoding in
+    the main process between batches (BENCHMARKS.md). Workers pay off only where cores are plenty.
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if resolve_accelerator(accelerator) == "gpu":
         local = torch.cuda.device_count() if devices in ("auto", -1) else int(devices)
         return {"batch_size": 256, "num_workers": max(1, min(12, cpus // max(1, local) - 1)), "pin_memory": True}
-    procs = int(devices) if isinstance(devices, int) else 1
-    return {"batch_size": 32, "num_workers": 1 if cpus // max(1, procs) >= 2 else 0, "pin_memory": False}
+    per_process = cpus // max(1, int(devices) if isinstance(devices, int) else 1)
+    return {"batch_size": 32, "num_workers": 0 if per_process <= 4 else per_process // 8, "pin_memory": False}
 
 
 def embed(

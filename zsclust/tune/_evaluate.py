@@ -1,0 +1,128 @@
+"""``zsclust evaluate``: a study's best configuration on the test split of each target dataset.
+
+The study keeps its resolved config (encoder, validation sets, space) in its user attributes, so a
+study name is all that is needed. The test runs go through :class:`ClusteringPipeline` (one MLflow run
+per target, with the full metric set) and are tagged ``zsclust.study``, so the MLflow UI can compare
+tuned test results across encoders and clusterers.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from zsclust.errors import ConfigError
+
+__all__ = ["EvaluationResult", "evaluate_study", "load_study_config"]
+
+
+@dataclass
+class EvaluationResult:
+    target: str
+    embeddings: object
+    results: list = field(default_factory=list)
+
+
+def load_study_config(study_name: str, storage: str | None, overrides=(), embeddings=()):
+    """(study, its config with ``overrides`` applied, the test ``--embeddings``) from the storage."""
+    import optuna
+    from omegaconf import OmegaConf
+
+    from ._config import TuneConfig, _merge, parse_embeddings
+    from ._study import open_storage, redact
+
+    st = open_storage(storage, retry_stale=0)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=st)
+    except KeyError:
+        names = optuna.study.get_all_study_names(st)
+        from zsclust.errors import did_you_mean
+
+        raise ConfigError(f"No study '{study_name}' in {redact(st.url)}.{did_you_mean(study_name, names)} Studies there: "
+                          f"{', '.join(names) or '(none)'}.") from None
+    stored = study.user_attrs.get("zsclust.config")
+    if stored is None:
+        raise ConfigError(f"Study '{study_name}' was not created by 'zsclust tune' (it has no zsclust.config).")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"Override '{bad[0]}' must look like key=value, e.g. evaluate.targets=[cifar10].")
+    cfg = _merge([OmegaConf.structured(TuneConfig), OmegaConf.create(stored)])
+    cfg = _merge([cfg, OmegaConf.from_dotlist(list(overrides))], replace=False)
+    return study, cfg, parse_embeddings(embeddings)
+
+
+def evaluate_study(study_name: str, *, storage: str | None = None, overrides=(), embeddings=(),
+                   progress: bool = True) -> list[EvaluationResult] | None:
+    """Apply the study's best params to the test split of every target; returns the pipeline results."""
+    import numpy as np
+
+    from zsclust.cluster import ClusteringPipeline, ReductionCache
+    from zsclust.embed import EmbeddingSet
+    from zsclust.jobs import _embed_options, make_tracker, reduction_cache_dir
+
+    from ._space import K_KNOWN, SearchSpace
+
+    study, cfg, test_embeddings = load_study_config(study_name, storage, overrides, embeddings)
+    space = SearchSpace(cfg.space, where=f"study '{study_name}' space")
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise ConfigError(f"Study '{study_name}' has no completed trial yet; run 'zsclust tune' first.") from None
+    reducer_spec, clusterer_spec = space.build(best.params)
+    if clusterer_spec.get("n_clusters") == K_KNOWN:
+        clusterer_spec["n_clusters"] = None  # the pipeline's null = the number of classes of each test set
+    reducers = {space.family("reducer"): None if reducer_spec == {"name": "none"} else [reducer_spec]}
+    clusterers = {space.family("clusterer"): clusterer_spec}
+    targets = list(cfg.evaluate.targets or []) or list(test_embeddings) or list(cfg.datasets)
+    tracking_cfg = copy.deepcopy(cfg)
+    tracking_cfg.tracking.experiment = cfg.evaluate.experiment
+    tracker = None
+    out = []
+    encoder = None
+    best_params = space.resolve(best.params)
+    for target in targets:
+        d = cfg.datasets.get(target)
+        if target in test_embeddings:
+            emb = EmbeddingSet.from_npz(test_embeddings[target]["embeddings"])
+            data_name = target
+        elif d is not None and d.test_embeddings:
+            emb = EmbeddingSet.from_npz(d.test_embeddings)
+            data_name = target
+        else:
+            from zsclust.embed import embed
+            from zsclust.encoders import create_encoder
+
+            if cfg.encoder.name == "precomputed":
+                raise ConfigError(f"Study '{study_name}' was tuned on precomputed embeddings: pass the test split of "
+                                  f"'{target}' with --embeddings {target}=FILE.npz.")
+            if encoder is None:
+                encoder = create_encoder(cfg.encoder.name, weights=cfg.encoder.weights)
+            emb = embed(encoder, (d.name if d is not None and d.name else target), split="test",
+                        root=d.root if d is not None else None, download=bool(d.download) if d is not None else False,
+                        seed=d.seed if d is not None else 0, skip_corrupt=bool(d.skip_corrupt) if d is not None else False,
+                        options=_embed_options(cfg))
+            if emb is None:
+                return None
+            data_name = emb.meta.get("dataset", {}).get("name", target)
+        context = {**best_params, "encoder.name": cfg.encoder.name, "encoder.weights": cfg.encoder.weights,
+                   "data.name": data_name, "data.split": "test", "zsclust.study": study_name}
+        pipeline = ClusteringPipeline(reducers, clusterers, seed=cfg.seed,
+                                      reduction_cache=ReductionCache(reduction_cache_dir(cfg)), context=context,
+                                      silhouette_sample_size=cfg.evaluation.silhouette_sample_size,
+                                      umap_silhouette=cfg.evaluation.umap_silhouette, plots=cfg.tracking.plots)
+        labels = np.asarray(emb.labels)
+        n_classes = len(np.unique(labels[labels >= 0])) or None
+        pipeline.validate(len(emb), int(np.asarray(emb.embeddings).shape[1]), n_classes)
+        if tracker is None:
+            tracker = make_tracker(tracking_cfg)
+        pipeline.tracker = tracker
+        results = pipeline.run(emb, progress=progress)
+        if tracker is not None:
+            tags = {"zsclust.study": study_name, "zsclust.role": "evaluate", "zsclust.study.best_trial": best.number,
+                    "zsclust.study.best_value": f"{best.value:.6g}", "zsclust.study.metric": cfg.objective.metric}
+            for r in results:
+                if r.run_id:
+                    tracker.set_tags(r.run_id, tags)
+        out.append(EvaluationResult(target, emb, results))
+    return out
+

@@ -1,0 +1,44 @@
+"""Advisory file locks: workers on one host agree on who claims the next trial or fits a reduction."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; workers then rely on the storage alone
+    fcntl = None
+
+
+class FileLock:
+    """An exclusive ``flock`` on ``path`` (created if needed); ``None`` gives a lock that does nothing.
+
+    ``flock`` is released by the kernel when its process dies, so a killed worker never leaves a
+    lock behind. Not reentrant.
+    """
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = Path(path) if path is not None else None
+        self._fh = None
+
+    def __enter__(self):
+        if self.path is None or fcntl is None:
+            return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a+")
+        except OSError:  # a read-only cache: nothing to protect
+            self._fh = None
+            return self
+        fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+        return False
