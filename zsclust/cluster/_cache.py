@@ -22,18 +22,16 @@ result in place; copy if you need to write.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import warnings
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
+from zsclust._atomic import atomic_save_npy, atomic_write_json
 from zsclust.cluster._reducers import create_reducer, reducer_key
 from zsclust.errors import CacheError, ConfigError, InvalidDataError
 
@@ -173,27 +171,14 @@ class ReductionCache:
         array.flags.writeable = False
         return array, meta["x_probe"]
 
-    def _atomic_write(self, path: Path, write) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
     def _store(self, key: str, inputs: dict, array: np.ndarray, probe: str) -> None:
         npy, sidecar = self.paths(key)
         meta = {"key": key, **inputs, "shape": list(array.shape), "dtype": str(array.dtype),
                 "sha256": _digest(array), "x_probe": probe}
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._atomic_write(npy, lambda fh: np.save(fh, array, allow_pickle=False))
-            self._atomic_write(sidecar, lambda fh: fh.write(json.dumps(meta, indent=2, sort_keys=True).encode()))
+            atomic_save_npy(npy, array)
+            atomic_write_json(sidecar, meta)
         except OSError as err:
             warnings.warn(f"Reduction cache: cannot write to {self.directory} ({err}); the result is not cached.",
                           RuntimeWarning, stacklevel=3)

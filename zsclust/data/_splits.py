@@ -8,10 +8,11 @@ carved with a fixed seed, so the evaluation set does not move when ``--seed`` ch
 
 from __future__ import annotations
 
+from zsclust._atomic import atomic_write_json
+
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -115,20 +116,7 @@ def save_split_record(dataset, path: str | os.PathLike) -> Path:
         "size": len(dataset)}
     record["labels_sha256"] = indices_sha256(dataset.labels)
     record["indices"] = [int(i) for i in dataset.indices]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_json(path, record, indent=1)
     return path
 
 

@@ -19,10 +19,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
 
 import numpy as np
 
+from .._atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json
 from ..errors import CacheError
 
 MANIFEST = "manifest.json"
@@ -33,31 +34,6 @@ def default_cache_dir() -> Path:
     """``$ZSCLUST_CACHE_DIR``, else ``~/.cache/zsclust/embeddings``."""
     env = os.environ.get("ZSCLUST_CACHE_DIR")
     return Path(env) if env else Path.home() / ".cache" / "zsclust" / "embeddings"
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
-    atomic_write_bytes(path, lambda f: f.write(data))
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    atomic_write_bytes(path, lambda f: np.save(f, np.asarray(array)))
 
 
 @dataclass
@@ -219,7 +195,7 @@ class CacheEntry:
         manifest = dict(meta, fingerprint=self.fingerprint, format_version=FORMAT_VERSION,
                         num_samples=num_samples, num_embedded=int(len(indices)),
                         num_skipped=int(is_skipped.sum()), dim=int(dim))
-        atomic_write_json(self.path / MANIFEST, manifest)
+        atomic_write_json(self.path / MANIFEST, manifest, default=str)
         shutil.rmtree(self.shards_dir, ignore_errors=True)
         return self.load()
 

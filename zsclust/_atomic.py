@@ -1,0 +1,43 @@
+"""Atomic file writes: a temporary file in the target's folder, fsynced, then renamed over the target.
+
+A killed process leaves either the old file or the new one, never half of one. Every cache and
+record zsclust writes goes through here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+
+def atomic_write_bytes(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then move it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2, default=None) -> Path:
+    """``default`` as in ``json.dumps``: without one, a value JSON cannot hold is a TypeError, not a string."""
+    data = json.dumps(obj, indent=indent, sort_keys=True, default=default).encode()
+    return atomic_write_bytes(path, lambda f: f.write(data))
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    return atomic_write_bytes(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
