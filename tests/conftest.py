@@ -84,6 +84,8 @@ def mlflow_server(tmp_path_factory):
     import time
     import urllib.request
 
+    from zsclust.tracking._store import stop_process_group
+
     d = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -92,7 +94,8 @@ def mlflow_server(tmp_path_factory):
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}",
          "--artifacts-destination", (d / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, MLFLOW_TRACKING_URI=""),
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=dict(os.environ, MLFLOW_TRACKING_URI="", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
     )
     deadline = time.time() + 120
     while True:
@@ -101,13 +104,9 @@ def mlflow_server(tmp_path_factory):
             break
         except Exception:
             if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
+                stop_process_group(proc)
                 raise RuntimeError(f"mlflow server did not start:\n{(d / 'server.log').read_text()[-3000:]}")
             time.sleep(0.5)
     yield uri
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process_group(proc)
     log.close()

@@ -200,3 +200,40 @@ def test_quickstart_config_runs_offline(tmp_path, monkeypatch, capsys):
     ami = {r.data.params["clusterer"]: r.data.metrics["ami"] for r in runs}
     assert set(ami) == {"ac_ward", "kmeans", "hdbscan"}
     assert ami["ac_ward"] > 0.3 and ami["kmeans"] > 0.3  # a real ImageNet encoder, far above chance (0)
+
+
+def test_ui_command_serves_the_local_store(tmp_path):
+    """``zsclust ui`` starts a real MLflow server on the embedded SQLite store and shows its experiments."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import REPO, _free_port
+
+    db = tmp_path / "mlruns" / "mlflow.db"
+    MLflowTracker(f"sqlite:///{db}", experiment="ui-test")
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{db}")
+    proc = subprocess.Popen([sys.executable, "-m", "zsclust", "ui", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, body = time.time() + 120, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
+                                             data=b'{"max_results": 10}', headers={"Content-Type": "application/json"})
+                body = json.loads(urllib.request.urlopen(req, timeout=2).read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, proc.stdout.read().decode() if proc.poll() is not None else "no answer"
+        assert "ui-test" in {e["name"] for e in body["experiments"]}
+    finally:
+        proc.terminate()  # zsclust ui stops the server and everything it started
+        proc.wait(timeout=30)
+        time.sleep(1)
+    leftovers = subprocess.run(["pgrep", "-f", str(db)], capture_output=True, text=True).stdout.split()
+    assert not leftovers, f"processes left behind by zsclust ui: {leftovers}"

@@ -83,12 +83,41 @@ def ui_command(uri: str | None = None, host: str = "127.0.0.1", port: int = 5000
 
 
 def start_ui(uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> int:
+    """Run the MLflow UI until Ctrl-C or SIGTERM, then stop it with every process it started."""
+    import signal
+
     cmd = ui_command(uri, host, port)
+    env = dict(os.environ)
+    # MLflow 3's server starts a pool of job workers (GenAI features zsclust does not use): on a
+    # small machine they take more CPU than the UI itself.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     print(f"MLflow UI on http://{host}:{port}  (store: {resolve_tracking_uri(uri)}); Ctrl-C stops it.")
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        time.sleep(0.5)
+        stop_process_group(proc)
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM a process started with ``start_new_session=True`` and all its children; SIGKILL stragglers."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=timeout)
+            time.sleep(0.2)  # children may outlive the leader by a moment
+        except subprocess.TimeoutExpired:
+            continue
