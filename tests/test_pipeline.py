@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import make_blobs
 
-from conftest import run_cli, write_image_folder
+from conftest import run_cli
 from zsclust.cli import main
 from zsclust.cluster import ClusteringPipeline, ReductionCache, format_table
 from zsclust.config import load_config

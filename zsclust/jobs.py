@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._paths import reduction_cache_dir
 from .config import to_container, to_yaml
 
 
@@ -16,14 +17,6 @@ def _embed_options(cfg):
     return EmbedOptions(accelerator=e.accelerator, devices=e.devices, num_nodes=e.num_nodes, strategy=e.strategy,
                         precision=e.precision, batch_size=e.batch_size, num_workers=e.num_workers,
                         shard_size=e.shard_size, progress=e.progress, cache_dir=e.cache_dir)
-
-
-def reduction_cache_dir(cfg) -> Path:
-    from .embed import EmbeddingCache
-
-    if cfg.reduction_cache:
-        return Path(cfg.reduction_cache)
-    return EmbeddingCache(cfg.embed.cache_dir).root.parent / "reductions"
 
 
 def make_pipeline(cfg, context: dict, tracker=None):
@@ -105,7 +98,7 @@ def tune(cfgs, *, progress: bool = True):
     """
     from .cluster import ReductionCache
     from .tune import (LABEL_READING_METRICS, Objective, SearchSpace, StudyRunner, load_validation_sets,
-                       open_storage, tune_reduction_dir)
+                       open_storage)
 
     spaces = [SearchSpace(c.space, where=f"space of study '{c.study.name}'") for c in cfgs]
     for c in cfgs:
@@ -120,7 +113,7 @@ def tune(cfgs, *, progress: bool = True):
     for cfg, space in zip(cfgs, spaces):
         objective = Objective(space, datasets, metric=cfg.objective.metric,
                               silhouette_space=cfg.objective.silhouette_space,
-                              reduction_cache=ReductionCache(tune_reduction_dir(cfg), memory_items=2 * len(datasets) + 2),
+                              reduction_cache=ReductionCache(reduction_cache_dir(cfg), memory_items=2 * len(datasets) + 2),
                               seed=cfg.seed, silhouette_sample_size=cfg.evaluation.silhouette_sample_size)
         objective.prepare(progress=progress)
         runner = StudyRunner(cfg, space, objective, tracker_factory=lambda cfg=cfg: make_tracker(cfg), progress=progress)

@@ -23,17 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .._paths import default_cache_dir
 from .._atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json
 from ..errors import CacheError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    """``$ZSCLUST_CACHE_DIR``, else ``~/.cache/zsclust/embeddings``."""
-    env = os.environ.get("ZSCLUST_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "zsclust" / "embeddings"
 
 
 @dataclass

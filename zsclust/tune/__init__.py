@@ -10,7 +10,7 @@ shared by any number of workers and tracked in MLflow.
 from zsclust.tune._config import TuneConfig, load_space_group, load_tune_config, parse_embeddings
 from zsclust.tune._evaluate import EvaluationResult, evaluate_study, load_study_config
 from zsclust.tune._objective import LABEL_METRICS as LABEL_READING_METRICS
-from zsclust.tune._objective import Objective, ValidationSet, load_validation_sets, silhouette_key, tune_reduction_dir
+from zsclust.tune._objective import Objective, ValidationSet, load_validation_sets, silhouette_key
 from zsclust.tune._space import K_KNOWN, Dimension, SearchSpace
 from zsclust.tune._study import (
     StudyResult,
@@ -41,5 +41,4 @@ __all__ = [
     "open_storage",
     "parse_embeddings",
     "silhouette_key",
-    "tune_reduction_dir",
 ]

@@ -9,7 +9,6 @@ carry no labels at all, so nothing the objective computes can depend on them.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,18 +43,6 @@ class ValidationSet:
     n_classes: int | None = None
     meta: dict = field(default_factory=dict)
     silhouette_space: np.ndarray | None = None
-
-
-def tune_reduction_dir(cfg) -> Path:
-    """``jobs.reduction_cache_dir`` without importing ``zsclust.embed`` (torch and Lightning: seconds per worker)."""
-    if cfg.reduction_cache:
-        return Path(cfg.reduction_cache)
-    if cfg.embed.cache_dir:
-        root = Path(cfg.embed.cache_dir)
-    else:  # zsclust.embed.default_cache_dir
-        env = os.environ.get("ZSCLUST_CACHE_DIR")
-        root = Path(env) if env else Path.home() / ".cache" / "zsclust" / "embeddings"
-    return root.parent / "reductions"
 
 
 def _read_npz(path: str, read_labels: bool) -> tuple[np.ndarray, np.ndarray | None, str]:
