@@ -1,0 +1,2 @@
+-- Optuna's RDB storage lives beside MLflow's tables, in its own database.
+CREATE DATABASE optuna OWNER zsclust;
