@@ -35,6 +35,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from zsclust.cluster._validation import _validate_sklearn_params, check_embeddings
+from zsclust._json import to_jsonable
 from zsclust.errors import ConfigError, InvalidDataError, did_you_mean
 
 __all__ = [
@@ -353,25 +354,11 @@ def create_reducer(spec, *, random_state=None):
     return Pipeline(list(zip(step_names, steps)))
 
 
-def _jsonable(value):
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, Integral):
-        return int(value)
-    if isinstance(value, Real):
-        return float(value)
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in sorted(value.items())}
-    return repr(value)
-
-
 def _describe(est) -> dict[str, Any]:
     name = getattr(est, "_zs_name", "")
     if not name or _REGISTRY.get(name, (None,))[0] is not type(est):
         raise ConfigError(f"reducer_key: {type(est).__name__} is not a registered zsclust reducer.")
-    params = {k: _jsonable(v) for k, v in sorted(est.get_params(deep=False).items()) if k not in _NON_SEMANTIC}
+    params = {k: to_jsonable(v) for k, v in sorted(est.get_params(deep=False).items()) if k not in _NON_SEMANTIC}
     return {"name": name, **params}
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from .._json import to_jsonable
+
 FINGERPRINT_VERSION = 1
 
 
@@ -24,7 +26,7 @@ def fingerprint_inputs(encoder, dataset, precision: str) -> dict:
         "weights_digest": encoder.weights_digest,
         "pooling": encoder.pooling,
         "num_features": encoder.num_features,
-        "preprocessing": {k: _jsonable(v) for k, v in sorted(encoder.data_config.items())},
+        "preprocessing": {k: to_jsonable(v) for k, v in sorted(encoder.data_config.items())},
         "transform": repr(transform) if transform is not None else None,
         "dataset": dataset.fingerprint(),
         "split": dataset.split,
@@ -34,13 +36,5 @@ def fingerprint_inputs(encoder, dataset, precision: str) -> dict:
 
 
 def fingerprint_digest(inputs: dict) -> str:
-    blob = json.dumps(inputs, sort_keys=True, default=_jsonable).encode()
+    blob = json.dumps(inputs, sort_keys=True, default=to_jsonable).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
-
-
-def _jsonable(v):
-    if isinstance(v, tuple):
-        return list(v)
-    if isinstance(v, (str, int, float, bool, list, dict)) or v is None:
-        return v
-    return repr(v)

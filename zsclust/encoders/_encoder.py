@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import torch
 from torch import nn
+
+from zsclust._json import to_jsonable
 
 __all__ = ["Encoder", "weights_digest"]
 
@@ -29,16 +30,6 @@ def weights_digest(module: nn.Module) -> str:
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
 
 
 class Encoder(nn.Module):
@@ -83,7 +74,7 @@ class Encoder(nn.Module):
 
     def describe(self) -> dict:
         """A JSON-able record of what produced the features (for caches, MLflow and reports)."""
-        return _jsonable(
+        return to_jsonable(
             {
                 "name": self.name,
                 "arch": self.arch,
