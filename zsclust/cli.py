@@ -9,13 +9,6 @@ import sys
 from . import __version__
 from .errors import ZsclustError
 
-QUIET_RANK = "LOCAL_RANK"  # set by Lightning in the processes it launches for DDP
-
-
-def _is_global_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get(QUIET_RANK, "0"))) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
-
-
 def _devices(value: str):
     if value in ("auto", "-1"):
         return "auto" if value == "auto" else -1
@@ -206,6 +199,61 @@ def cmd_evaluate(args) -> int:
     return 1 if results and len(failed) == len(results) else 0
 
 
+def cmd_sweep(args) -> int:
+    from .config import to_yaml
+    from .sweep import load_sweep_config, run_sweep
+
+    overrides = [*args.overrides, *(["embed.progress=false"] if args.no_progress else [])]
+    cfg = load_sweep_config(args.config, overrides)
+    if args.print_config:
+        print(to_yaml(cfg))
+        return 0
+    summary = run_sweep(cfg, progress=not args.no_progress)
+    if summary is None:  # not global zero: this process only helped embed
+        return 0
+    print()
+    print(summary.format())
+    if summary.ran:
+        print(f"Tables and figures:  zsclust report {args.config}")
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failed else 0
+
+
+def cmd_report(args) -> int:
+    from .config import load_config
+    from .report import build_report, expected_from_sweep
+    from .sweep import SweepConfig
+    from .tracking import MLflowTracker
+
+    expected = encoders = datasets = None
+    uri, experiment = args.uri, args.experiment
+    if args.config:
+        cfg = load_config(args.config, args.overrides, schema=SweepConfig)
+        if cfg.datasets is not None:
+            expected, encoders, datasets = expected_from_sweep(cfg)
+        uri = uri or cfg.tracking.uri
+        experiment = experiment or cfg.tracking.experiment
+    experiment = experiment or "zsclust"
+    tracker = MLflowTracker(uri, experiment)
+    out = args.out or os.path.join("reports", experiment)
+    result = build_report(tracker, out, experiments=args.tuned_experiment, expected=expected, encoder_order=encoders,
+                          dataset_order_hint=datasets, split=args.split, metric=args.metric, log=not args.no_log)
+    print(f"Report on {result.n_rows} run(s) of experiment '{experiment}' ({args.split} split): "
+          f"{len(result.files)} files in {result.out_dir}/ (start with report.md)")
+    for method, rho in result.spearman.items():
+        print(f"  Spearman rho(silhouette_umap50, {args.metric}) for {method}: {rho:.3f}")
+    if result.missing:
+        print(f"{len(result.missing)} expected job(s) have no finished run (see missing.md), e.g.:")
+        for line in result.missing[:5]:
+            print(f"  {line}")
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.run_id:
+        print(f"Logged as artifacts of MLflow run {result.run_id} ('report ({args.split})').")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from .tracking import start_ui
 
@@ -252,6 +300,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the study's config, e.g. evaluate.targets=[cifar10]")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sweep", help="the grid encoders x datasets x clusterers: each cell embedded once, jobs in "
+                                      "parallel processes, finished jobs skipped by their MLflow record")
+    p.add_argument("config", help="sweep YAML (see experiments/study/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sweep.workers=4 embed.devices=4 'encoders=[resnet50.tv_in1k]'")
+    p.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="the study's tables (markdown, CSV, LaTeX) and figures from the MLflow record")
+    p.add_argument("config", nargs="?", default=None,
+                   help="the sweep YAML: its experiment, store and grid (to say what is missing)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the sweep config")
+    p.add_argument("--experiment", default=None, help="MLflow experiment [the config's tracking.experiment]")
+    p.add_argument("--tuned-experiment", action="append", default=[], metavar="NAME",
+                   help="also read tuned runs (zsclust evaluate) from this experiment (repeat for several)")
+    p.add_argument("--uri", default=None, help="tracking URI [the config's, $MLFLOW_TRACKING_URI, ./mlruns]")
+    p.add_argument("--out", default=None, help="output folder [reports/<experiment>]")
+    p.add_argument("--split", default="test", help="which split's runs to tabulate [test]")
+    p.add_argument("--metric", default="ami", help="the score to tabulate [ami]; ari, nmi, accuracy, ...")
+    p.add_argument("--no-log", action="store_true", help="write the folder only, not an MLflow run")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("ui", help="start the MLflow UI on the tracking store")
     p.add_argument("--uri", default=None, help="tracking URI [$MLFLOW_TRACKING_URI or ./mlruns/mlflow.db]")

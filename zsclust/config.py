@@ -92,18 +92,13 @@ class RunConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Schema defaults ← YAML file ← ``key=value`` overrides, validated against the schema."""
-    schema = OmegaConf.structured(RunConfig)
-    layers = [schema]
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"Config file '{p}' does not exist. Configs live in experiments/, e.g. experiments/quickstart.yaml.")
-        try:
-            layers.append(OmegaConf.load(p))
-        except Exception as e:  # yaml errors
-            raise ConfigError(f"Config file '{p}' is not valid YAML: {e}") from None
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
+                schema: type = RunConfig) -> DictConfig:
+    """Schema defaults ← YAML file (after the files its ``include:`` lists) ← ``key=value`` overrides."""
+    layers = [OmegaConf.structured(schema)]
+    file_layer = read_yaml(path) if path is not None else None
+    if file_layer is not None:
+        layers.append(file_layer)
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"Override '{bad[0]}' must look like key=value, e.g. clusterers.kmeans.n_init=10.")
@@ -112,26 +107,56 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         cfg = OmegaConf.merge(*layers[:-1])
         # A file that lists its own reducers/clusterers means exactly those, not those plus the
         # defaults; command-line overrides still merge into them key by key.
-        if path is not None:
+        if file_layer is not None:
             for key in ("reducers", "clusterers"):
-                if key in layers[1]:
-                    cfg[key] = layers[1][key]
+                if key in file_layer:
+                    cfg[key] = file_layer[key]
         cfg = OmegaConf.merge(cfg, layers[-1])
     except ConfigKeyError as e:
         key = e.full_key or e.key
-        raise ConfigError(f"Unknown config key '{key}'{_where(path)}. {_valid_keys_hint(str(key))}") from None
+        raise ConfigError(f"Unknown config key '{key}'{_where(path)}. {_valid_keys_hint(str(key), schema)}") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"Invalid config value{_where(path)}: {e.msg if hasattr(e, 'msg') else e}") from None
     return cfg
+
+
+def read_yaml(path: str | os.PathLike, _seen: tuple = ()) -> DictConfig:
+    """One YAML file, merged over the files its top-level ``include:`` names (paths relative to it).
+
+    Lets an experiment reuse shared pieces (the study's encoders, datasets, clusterers) and override
+    only what differs; later files and the including file win.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file '{p}' does not exist. Configs live in experiments/, e.g. experiments/quickstart.yaml.")
+    if p.resolve() in _seen:
+        raise ConfigError(f"Config file '{p}' includes itself (through {' -> '.join(str(s) for s in _seen)}).")
+    try:
+        node = OmegaConf.load(p)
+    except Exception as e:  # yaml errors
+        raise ConfigError(f"Config file '{p}' is not valid YAML: {e}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"Config file '{p}' must hold a mapping of settings, not a {type(node).__name__}.")
+    includes = node.pop("include", None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    parts = [read_yaml(p.parent / str(inc), _seen + (p.resolve(),)) for inc in includes]
+    if not parts:
+        return node
+    merged = OmegaConf.merge(*parts)
+    for key in ("reducers", "clusterers"):  # a file's own lists replace the included ones
+        if key in node:
+            merged.pop(key, None)
+    return OmegaConf.merge(merged, node)
 
 
 def _where(path) -> str:
     return f" in {path}" if path else ""
 
 
-def _valid_keys_hint(full_key: str) -> str:
+def _valid_keys_hint(full_key: str, schema: type = RunConfig) -> str:
     parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
-    node = OmegaConf.structured(RunConfig)
+    node = OmegaConf.structured(schema)
     try:
         sub = OmegaConf.select(node, parent) if parent else node
         names = list(sub.keys()) if isinstance(sub, DictConfig) else []

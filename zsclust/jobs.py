@@ -10,7 +10,7 @@ from ._paths import reduction_cache_dir
 from .config import to_container, to_yaml
 
 
-def _embed_options(cfg):
+def embed_options(cfg):
     from .embed import EmbedOptions
 
     e = cfg.embed
@@ -19,7 +19,21 @@ def _embed_options(cfg):
                         shard_size=e.shard_size, progress=e.progress, cache_dir=e.cache_dir)
 
 
-def make_pipeline(cfg, context: dict, tracker=None):
+def run_identity(cfg) -> dict:
+    """What one config embeds, from the config alone (no encoder or data loaded): half of each job's key.
+
+    A sweep computes it to skip finished jobs before loading anything; ``zsclust run`` tags its runs with
+    the same keys, so either command recognises the other's finished work.
+    """
+    from .embed import resolve_precision
+
+    return {"encoder.name": cfg.encoder.name, "encoder.weights": cfg.encoder.weights,
+            "data.name": cfg.data.name, "data.root": cfg.data.root, "data.split": cfg.data.split,
+            "data.seed": cfg.data.seed, "data.skip_corrupt": cfg.data.skip_corrupt,
+            "embed.precision": resolve_precision(cfg.embed.precision, cfg.embed.accelerator)}
+
+
+def make_pipeline(cfg, context: dict, tracker=None, identity: dict | None = None):
     from .cluster import ClusteringPipeline, ReductionCache
 
     return ClusteringPipeline(
@@ -27,6 +41,7 @@ def make_pipeline(cfg, context: dict, tracker=None):
         reduction_cache=ReductionCache(reduction_cache_dir(cfg)), tracker=tracker, context=context,
         silhouette_sample_size=cfg.evaluation.silhouette_sample_size,
         umap_silhouette=cfg.evaluation.umap_silhouette, plots=cfg.tracking.plots, config_yaml=to_yaml(cfg),
+        identity=identity,
     )
 
 
@@ -38,20 +53,26 @@ def make_tracker(cfg):
     return MLflowTracker(cfg.tracking.uri, cfg.tracking.experiment)
 
 
+def make_dataset(cfg, encoder):
+    """``cfg.data``'s split, preprocessed the way ``encoder`` was trained."""
+    from .data import build_transform, create_dataset
+
+    return create_dataset(cfg.data.name, cfg.data.split, root=cfg.data.root,
+                          transform=build_transform(encoder.data_config), download=cfg.data.download,
+                          seed=cfg.data.seed, skip_corrupt=cfg.data.skip_corrupt)
+
+
 def run_experiment(cfg):
     """Embed (or load from the cache), then every reducer × clusterer; ``None`` on ranks other than 0.
 
     The pipeline is validated (estimators built, smoke-fitted, memory checked) before any embedding.
     """
     from .cluster import ClusteringCallback
-    from .data import build_transform, create_dataset
     from .embed import embed, resolve_precision
     from .encoders import create_encoder
 
     encoder = create_encoder(cfg.encoder.name, weights=cfg.encoder.weights)
-    dataset = create_dataset(cfg.data.name, cfg.data.split, root=cfg.data.root,
-                             transform=build_transform(encoder.data_config), download=cfg.data.download,
-                             seed=cfg.data.seed, skip_corrupt=cfg.data.skip_corrupt)
+    dataset = make_dataset(cfg, encoder)
     labels = np.asarray(dataset.labels)
     n_classes = len(np.unique(labels[labels >= 0])) or None
     context = {
@@ -59,11 +80,11 @@ def run_experiment(cfg):
         "data.name": dataset.name, "data.split": cfg.data.split, "data.seed": cfg.data.seed,
         "embed.precision": resolve_precision(cfg.embed.precision, cfg.embed.accelerator),
     }
-    pipeline = make_pipeline(cfg, context)
+    pipeline = make_pipeline(cfg, context, identity=run_identity(cfg))
     pipeline.validate(len(dataset), encoder.num_features, n_classes)
     pipeline.tracker = make_tracker(cfg)  # after validation, so a config error leaves no empty experiment
     callback = ClusteringCallback(pipeline)
-    result = embed(encoder, dataset, options=_embed_options(cfg), callbacks=[callback])
+    result = embed(encoder, dataset, options=embed_options(cfg), callbacks=[callback])
     if result is None:
         return None
     results = callback.results if callback.results is not None else pipeline.run(result)

@@ -7,7 +7,7 @@ metrics, the memory guard and the reduction cache.
 """
 
 from zsclust.cluster._cache import ReductionCache
-from zsclust.cluster._pipeline import ClusteringPipeline, JobResult, format_table, resolve_clusterer_params
+from zsclust.cluster._pipeline import ClusteringPipeline, JobResult, format_table, job_key, resolve_clusterer_params
 from zsclust.cluster._clusterers import (
     AffinityPropagationClusterer,
     AgglomerativeClusterer,
@@ -34,6 +34,7 @@ from zsclust.cluster._metrics import (
     clustering_accuracy,
     score_embedding,
     score_labels,
+    spearman_rho,
     umap_silhouette,
 )
 from zsclust.cluster._reducers import (
@@ -54,6 +55,7 @@ __all__ = [
     "ClusteringPipeline",
     "JobResult",
     "format_table",
+    "job_key",
     "resolve_clusterer_params",
     "DEFAULT_SILHOUETTE_SAMPLE_SIZE",
     "LABEL_METRICS",
@@ -88,6 +90,7 @@ __all__ = [
     "registry_defaults",
     "score_embedding",
     "score_labels",
+    "spearman_rho",
     "umap_silhouette",
 ]
 

@@ -272,3 +272,16 @@ def umap_silhouette(
             X_reduced = UMAPReducer(**params).fit_transform(X)
     Z, labels = _prepare_embedding(X_reduced, labels_pred, noise_label)
     return _silhouette(Z, labels, sample_size=sample_size, random_state=random_state)
+
+
+def spearman_rho(x, y) -> float:
+    """Spearman's rank correlation; NaN where it is undefined (fewer than 3 pairs, or a constant side).
+
+    How the study checks the label-free proxy: silhouette in UMAP space against AMI.
+    """
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(spearmanr(x, y).statistic)

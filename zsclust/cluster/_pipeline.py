@@ -52,6 +52,25 @@ def _n_components_needed(chain) -> int:
     return n
 
 
+def job_key(identity: Mapping, chain, clusterer_spec: Mapping, seed: int) -> str:
+    """The identity of one clustering job: what is embedded (``identity``), how it is reduced and clustered.
+
+    Every run carries it as the tag ``zsclust.job``; a sweep skips a job whose key already has a
+    FINISHED run, so equal keys must mean equal work. Reducer chains are compared canonically
+    (``reducer_key``); clusterer specs as written, with sorted keys.
+    """
+    import hashlib
+    import json
+
+    from .._json import to_jsonable
+    from ._reducers import reducer_key
+
+    payload = {"identity": to_jsonable(dict(identity)),
+               "reducer": reducer_key(chain, random_state=seed) if chain else [{"name": "none"}],
+               "clusterer": to_jsonable(dict(clusterer_spec)), "seed": int(seed)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
 def resolve_clusterer_params(spec: Mapping, n_classes: int | None, name: str) -> dict:
     """``n_clusters: null`` (or ``"true"``) means the number of classes, the study's K-known setting."""
     params = dict(spec)
@@ -71,12 +90,14 @@ class ClusteringPipeline:
 
     ``reducers`` maps a name to a reducer spec or chain (``zsclust.cluster.create_reducer``);
     ``clusterers`` maps a name to ``{"name": registered-or-import-path, **params}``. ``context``
-    (encoder, dataset, config) goes into every run's params and tags.
+    (encoder, dataset, config) goes into every run's params and tags; ``identity`` (what was embedded,
+    from the config) makes each run's :func:`job_key`, so finished jobs can be recognised and skipped.
     """
 
     def __init__(self, reducers: Mapping, clusterers: Mapping, *, seed: int = 0, reduction_cache=None,
                  tracker=None, context: Mapping | None = None, silhouette_sample_size: int = 10_000,
-                 umap_silhouette: bool = True, plots: bool = True, config_yaml: str | None = None):
+                 umap_silhouette: bool = True, plots: bool = True, config_yaml: str | None = None,
+                 identity: Mapping | None = None):
         if not reducers:
             raise ConfigError("No reducers configured; use {'none': null} to cluster the raw embeddings.")
         if not clusterers:
@@ -91,9 +112,22 @@ class ClusteringPipeline:
         self.umap_silhouette = umap_silhouette
         self.plots = plots
         self.config_yaml = config_yaml
+        self.identity = dict(identity) if identity is not None else None
+        self.skipped_extras: dict[str, str] = {}  # extra (silhouette_umap50, umap2d_plot) -> why it was left out
+
+    @property
+    def jobs(self) -> list[tuple[str, str]]:
+        """Every (reducer name, clusterer name) pair, in run order."""
+        return [(r, c) for r in self.reducers for c in self.clusterers]
+
+    def job_key(self, reducer: str, clusterer: str) -> str | None:
+        if self.identity is None:
+            return None
+        return job_key(self.identity, self.reducers[reducer], self.clusterers[clusterer], self.seed)
 
     # -- cheap checks before the expensive part ------------------------------------------------
-    def validate(self, n_samples: int, n_features: int, n_classes: int | None, smoke_samples: int = 300) -> None:
+    def validate(self, n_samples: int, n_features: int, n_classes: int | None, smoke_samples: int = 300,
+                 memory: bool = True) -> None:
         """Build every estimator, smoke-fit it on a few hundred synthetic points, and check its memory at full size.
 
         A bad parameter or a clusterer that cannot fit in memory surfaces here, before any embedding.
@@ -122,29 +156,84 @@ class ClusteringPipeline:
                     smoke["n_clusters"] = min(smoke["n_clusters"], m // 2)
                 try:
                     create_clusterer(smoke).fit(Xr)
-                    check_fit_memory(create_clusterer(params), n_samples, out_dim, name=f"clusterers.{cname}")
+                    if memory:
+                        check_fit_memory(create_clusterer(params), n_samples, out_dim, name=f"clusterers.{cname}")
                 except ZsclustError as e:
                     raise type(e)(f"clusterers.{cname} (after reducers.{rname}): {e}") from None
 
-    # -- the work ------------------------------------------------------------------------------
-    def run(self, embeddings, *, progress: bool = True) -> list[JobResult]:
-        """Run every job on an :class:`~zsclust.embed.EmbeddingSet`; a failing job is reported, not fatal."""
-        from ._validation import check_embeddings
+    def memory_problems(self, n_samples: int, n_features: int, n_classes: int | None) -> dict[tuple[str, str], str]:
+        """Jobs that would not fit in memory at ``n_samples``, with why: a sweep fails those, not the rest."""
+        from ._clusterers import create_clusterer
+        from ._memory import check_fit_memory
 
-        X = check_embeddings(np.asarray(embeddings.embeddings, dtype=np.float32), what="embeddings")
-        y = np.asarray(embeddings.labels)
-        has_labels = bool((y >= 0).any())
-        n_classes = len(np.unique(y[y >= 0])) if has_labels else None
+        problems = {}
+        for rname, cname in self.jobs:
+            chain = self.reducers[rname]
+            dim = (_n_components_needed(chain) or n_features) if chain else n_features
+            try:
+                params = resolve_clusterer_params(self.clusterers[cname], n_classes or 2, cname)
+                check_fit_memory(create_clusterer(params), n_samples, dim, name=f"clusterers.{cname}")
+            except ZsclustError as e:
+                problems[(rname, cname)] = str(e)
+        return problems
+
+    # -- the work ------------------------------------------------------------------------------
+    def run(self, embeddings, *, jobs=None, progress: bool = True) -> list[JobResult]:
+        """Run ``jobs`` (default: all) on an :class:`~zsclust.embed.EmbeddingSet`; a failing job is reported, not fatal."""
+        X, y, n_classes = self._arrays(embeddings)
         fp = embeddings.fingerprint
         results: list[JobResult] = []
-        jobs = [(r, c) for r in self.reducers for c in self.clusterers]
-        umap50 = self._reduce(STUDY_UMAP_SPEC, X, fp)[0] if self.umap_silhouette else None
-        scatter = self._reduce(SCATTER_SPEC, X, fp)[0] if (self.plots and self.tracker is not None) else None
+        jobs = self.jobs if jobs is None else [tuple(j) for j in jobs]
+        umap50, self.skipped_extras = None, {}
+        if self.umap_silhouette:
+            umap50 = self._optional_reduce(STUDY_UMAP_SPEC, X, fp, "silhouette_umap50")
+        scatter = None
+        if self.plots and self.tracker is not None:
+            scatter = self._optional_reduce(SCATTER_SPEC, X, fp, "umap2d_plot")
         for i, (rname, cname) in enumerate(jobs, 1):
             if progress:
                 print(f"[{i}/{len(jobs)}] {rname} -> {cname}", flush=True)
             results.append(self._run_job(rname, cname, X, y, n_classes, fp, umap50, scatter, embeddings))
         return results
+
+    def _optional_reduce(self, chain, X, fingerprint, what: str):
+        """A UMAP space for an extra (the label-free silhouette, the 2-d plot): on too few samples the
+        extra is left out, with the reason as a ``zsclust.skipped.<what>`` tag, and the jobs still run."""
+        try:
+            return self._reduce(chain, X, fingerprint)[0]
+        except ZsclustError as e:
+            self.skipped_extras[what] = str(e)
+            return None
+
+    def prepare(self, embeddings, *, jobs=None) -> float:
+        """Fit every reduction ``jobs`` need (and the UMAP spaces for silhouette and plots) into the cache.
+
+        Lets parallel workers that each run one job of the same embeddings read the reductions
+        instead of fitting the same UMAP side by side. Returns the seconds spent.
+        """
+        if self.reduction_cache is None:
+            raise ConfigError("ClusteringPipeline.prepare needs a reduction_cache to keep what it fits.")
+        start = time.perf_counter()
+        X, _, _ = self._arrays(embeddings)
+        jobs = self.jobs if jobs is None else [tuple(j) for j in jobs]
+        chains = [STUDY_UMAP_SPEC] if self.umap_silhouette else []
+        chains += [SCATTER_SPEC] if self.plots else []
+        chains += [self.reducers[r] for r in dict.fromkeys(r for r, _ in jobs)]
+        for chain in chains:
+            try:
+                self._reduce(chain, X, embeddings.fingerprint)
+            except ZsclustError:
+                pass  # each job meets (and reports, or skips for an extra) the same error itself
+        return time.perf_counter() - start
+
+    @staticmethod
+    def _arrays(embeddings):
+        from ._validation import check_embeddings
+
+        X = check_embeddings(np.asarray(embeddings.embeddings, dtype=np.float32), what="embeddings")
+        y = np.asarray(embeddings.labels)
+        n_classes = len(np.unique(y[y >= 0])) if (y >= 0).any() else None
+        return X, y, n_classes
 
     def _reduce(self, chain, X, fingerprint) -> tuple[np.ndarray, bool, float]:
         from ._reducers import create_reducer
@@ -169,7 +258,7 @@ class ClusteringPipeline:
             params = resolve_clusterer_params(self.clusterers[cname], n_classes, cname)
             result.params = self._params(rname, chain, cname, params, embeddings)
             if self.tracker is not None:
-                run_id = self.tracker.start_run(self._run_name(rname, cname), tags=self._tags(embeddings))
+                run_id = self.tracker.start_run(self._run_name(rname, cname), tags=self._tags(embeddings, rname, cname))
                 result.run_id = run_id
                 self.tracker.log_params(run_id, result.params)
             Xr, hit, t_reduce = self._reduce(chain, X, fp)
@@ -236,12 +325,15 @@ class ClusteringPipeline:
         p["evaluation.silhouette_sample_size"] = self.silhouette_sample_size
         return p
 
-    def _tags(self, embeddings) -> dict:
+    def _tags(self, embeddings, rname, cname) -> dict:
         meta = embeddings.meta
         ds = meta.get("dataset", {})
-        return {"embedding.fingerprint": embeddings.fingerprint, "dataset.group": ds.get("group") or "none",
+        group = self.context.get("data.group") or ds.get("group") or "none"
+        return {"embedding.fingerprint": embeddings.fingerprint, "dataset.group": group,
                 "encoder": self.context.get("encoder.name"), "dataset": self.context.get("data.name"),
-                "split": self.context.get("data.split")}
+                "split": self.context.get("data.split"), "reducer": rname, "clusterer": cname,
+                "zsclust.job": self.job_key(rname, cname),
+                **{f"zsclust.skipped.{k}": v[:500] for k, v in self.skipped_extras.items()}}
 
     def _log_artifacts(self, run_id, embeddings, y, pred, scatter, rname, cname) -> None:
         from ..tracking import plot_contingency, plot_scatter

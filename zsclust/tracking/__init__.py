@@ -2,9 +2,10 @@
 
 from ._mlflow import MLflowTracker, git_commit
 from ._plots import plot_contingency, plot_scatter
+from ._recorder import RecordingTracker, replay
 from ._store import artifact_root_for, default_store_dir, resolve_tracking_uri, start_ui, ui_command
 
 __all__ = [
-    "MLflowTracker", "artifact_root_for", "default_store_dir", "git_commit", "plot_contingency", "plot_scatter",
-    "resolve_tracking_uri", "start_ui", "ui_command",
+    "MLflowTracker", "RecordingTracker", "artifact_root_for", "default_store_dir", "git_commit", "plot_contingency", "plot_scatter",
+    "replay", "resolve_tracking_uri", "start_ui", "ui_command",
 ]

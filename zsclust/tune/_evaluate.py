@@ -58,7 +58,7 @@ def evaluate_study(study_name: str, *, storage: str | None = None, overrides=(),
 
     from zsclust.cluster import ClusteringPipeline, ReductionCache
     from zsclust.embed import EmbeddingSet
-    from zsclust.jobs import _embed_options, make_tracker, reduction_cache_dir
+    from zsclust.jobs import embed_options, make_tracker, reduction_cache_dir
 
     from ._space import K_KNOWN, SearchSpace
 
@@ -100,7 +100,7 @@ def evaluate_study(study_name: str, *, storage: str | None = None, overrides=(),
             emb = embed(encoder, (d.name if d is not None and d.name else target), split="test",
                         root=d.root if d is not None else None, download=bool(d.download) if d is not None else False,
                         seed=d.seed if d is not None else 0, skip_corrupt=bool(d.skip_corrupt) if d is not None else False,
-                        options=_embed_options(cfg))
+                        options=embed_options(cfg))
             if emb is None:
                 return None
             data_name = emb.meta.get("dataset", {}).get("name", target)

@@ -64,7 +64,7 @@ def load_validation_sets(cfg, *, read_labels: bool, progress: bool = True) -> li
 
     Returns ``None`` on ranks other than 0 of a multi-process embedding.
     """
-    from zsclust.jobs import _embed_options
+    from zsclust.jobs import embed_options
 
     encoder = None
     sets = []
@@ -79,7 +79,7 @@ def load_validation_sets(cfg, *, read_labels: bool, progress: bool = True) -> li
             if encoder is None:
                 encoder = create_encoder(cfg.encoder.name, weights=cfg.encoder.weights)
             emb = embed(encoder, d.name or key, split="val", root=d.root, download=d.download, seed=d.seed,
-                        skip_corrupt=d.skip_corrupt, options=_embed_options(cfg))
+                        skip_corrupt=d.skip_corrupt, options=embed_options(cfg))
             if emb is None:
                 return None
             X, fp = emb.embeddings, emb.fingerprint

@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from zsclust.cluster import spearman_rho  # noqa: E402
+
 from ._objective import silhouette_key  # noqa: E402
 
 
@@ -36,14 +38,6 @@ def _pairs(trials, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray, list
     return np.asarray(xs, float), np.asarray(ys, float), nums
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan
-    return float(spearmanr(x, y).statistic)
-
-
 def spearman_silhouette_ami(trials, datasets: list[str], sil_key: str) -> dict[str, float]:
     """Spearman's rho between the label-free silhouette and AMI over every trial that has both.
 
@@ -54,11 +48,11 @@ def spearman_silhouette_ami(trials, datasets: list[str], sil_key: str) -> dict[s
     out = {}
     if not sil_key:
         return out
-    rho = _spearman(*_pairs(trials, "silhouette", "ami")[:2])
+    rho = spearman_rho(*_pairs(trials, "silhouette", "ami")[:2])
     if not math.isnan(rho):
         out["spearman_silhouette_ami"] = rho
     for name in datasets:
-        rho = _spearman(*_pairs(trials, f"{name}.{sil_key}", f"{name}.ami")[:2])
+        rho = spearman_rho(*_pairs(trials, f"{name}.{sil_key}", f"{name}.ami")[:2])
         if not math.isnan(rho) and len(datasets) > 1:
             out[f"spearman_silhouette_ami.{name}"] = rho
     return out

@@ -1,0 +1,92 @@
+"""Read clustering runs back from MLflow into flat rows: one per encoder × dataset × split × method.
+
+Default runs come from ``zsclust sweep``/``zsclust run``; tuned runs from ``zsclust evaluate`` (tag
+``zsclust.role=evaluate``). Only FINISHED runs count; where a job ran twice, the latest run wins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+GROUP_ORDER = ("in-domain", "domain-shift", "near-ood", "fine-grained", "far-ood")
+SETUP_LABELS = {"kmeans": "K-Means", "ac_k": "AC w/ K", "ac_no_k": "AC w/o K", "ap": "AP", "hdbscan": "HDBSCAN",
+                "spectral": "Spectral"}
+
+
+@dataclass
+class ResultRow:
+    run_id: str
+    encoder: str
+    dataset: str
+    group: str
+    split: str
+    reducer: str
+    clusterer: str  # the configured name (``kmeans``, ``ac_k``, ...; a tuned run: its study's family)
+    setup: str  # the study's clusterer setup, from the params: kmeans, ac_k, ac_no_k, ap, hdbscan, spectral
+    role: str  # default | tuned
+    study: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    start_time: int = 0
+
+    @property
+    def job(self) -> tuple:
+        return (self.encoder, self.dataset, self.split, self.reducer, self.clusterer, self.role, self.study)
+
+
+def clusterer_setup(params: dict) -> str:
+    """The study's six setups from a run's params (``clusterer.name`` and whether K was given)."""
+    name = params.get("clusterer.name", "")
+    has_k = params.get("clusterer.n_clusters", "None") not in ("None", "", None)
+    if name == "agglomerative":
+        return "ac_k" if has_k and params.get("clusterer.distance_threshold", "None") in ("None", None) else "ac_no_k"
+    return {"kmeans": "kmeans", "affinity_propagation": "ap", "hdbscan": "hdbscan", "spectral": "spectral"}.get(name, name)
+
+
+def _group(tags: dict, dataset: str) -> str:
+    group = tags.get("dataset.group")
+    if group and group != "none":
+        return group
+    from ..data import get_dataset_spec
+    from ..errors import ConfigError
+
+    try:
+        return get_dataset_spec(dataset).group or "other"
+    except ConfigError:
+        return "other"
+
+
+def collect_rows(client, experiment_ids: list[str]) -> list[ResultRow]:
+    """Every FINISHED clustering run in the experiments, latest per job."""
+    latest: dict[tuple, ResultRow] = {}
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string="attributes.status = 'FINISHED'",
+                                  max_results=5000, page_token=token)
+        for run in page:
+            row = _row(run)
+            if row is not None and (row.job not in latest or row.start_time > latest[row.job].start_time):
+                latest[row.job] = row
+        token = page.token
+        if not token:
+            break
+    return list(latest.values())
+
+
+def _row(run) -> ResultRow | None:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    if "encoder" not in tags or "dataset" not in tags or "clusterer" not in params:
+        return None  # a study parent, a report, anything but a clustering job
+    dataset = tags["dataset"]
+    tuned = tags.get("zsclust.role") == "evaluate"
+    return ResultRow(
+        run_id=run.info.run_id, encoder=tags["encoder"], dataset=dataset, group=_group(tags, dataset),
+        split=tags.get("split", params.get("data.split", "?")), reducer=params.get("reducer", "?"),
+        clusterer=params["clusterer"], setup=clusterer_setup(params), role="tuned" if tuned else "default",
+        study=tags.get("zsclust.study"), start_time=run.info.start_time or 0,
+        metrics={k: v for k, v in metrics.items() if v is not None and not math.isnan(v)},
+    )
+
+
+def group_rank(group: str) -> tuple:
+    return (GROUP_ORDER.index(group), group) if group in GROUP_ORDER else (len(GROUP_ORDER), group)

@@ -1,0 +1,211 @@
+"""``zsclust report``: the study's tables and figures from whatever MLflow holds, written to a folder and logged.
+
+Works on any subset: tables have a dash where a run is missing, and ``missing.md`` lists what the
+expected grid (a sweep config's, or every seen encoder × dataset × method) still lacks, with the
+error of a failed run where there is one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .._atomic import atomic_write_bytes
+from ..cluster import spearman_rho
+from ._collect import SETUP_LABELS, ResultRow, collect_rows
+from ._figures import plot_heatmap, plot_silhouette_vs_ami, plot_tuned_vs_default
+from ._tables import Table, ami_matrix, dataset_order, method_table, summary_table
+
+SILHOUETTE_KEY = "silhouette_umap50"
+
+
+@dataclass
+class ReportResult:
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    spearman: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+    n_rows: int = 0
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")
+
+
+def _write(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def _write_table(out: Path, stem: str, table: Table, result: ReportResult) -> str:
+    for ext, text in (("md", table.to_markdown()), ("csv", table.to_csv()), ("tex", table.to_latex())):
+        result.files.append(_write(out / f"{stem}.{ext}", text))
+    return table.to_markdown()
+
+
+def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None = None,
+                 expected: list[tuple] | None = None, encoder_order: list[str] | None = None,
+                 dataset_order_hint: list[str] | None = None, split: str = "test", metric: str = "ami",
+                 log: bool = True) -> ReportResult:
+    """Collect rows from ``experiments`` (default: the tracker's), write every table and figure, log them.
+
+    ``expected`` is the grid a sweep should have produced: (encoder, dataset, split, reducer, clusterer).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = ReportResult(out)
+    client = tracker.client
+    exp_ids = [tracker.experiment_id]
+    for name in experiments or []:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            result.notes.append(f"experiment '{name}' does not exist in {tracker.uri}; left out")
+        elif exp.experiment_id not in exp_ids:
+            exp_ids.append(exp.experiment_id)
+    rows = [r for r in collect_rows(client, exp_ids) if r.split == split]
+    result.n_rows = len(rows)
+    default = [r for r in rows if r.role == "default"]
+    tuned = [r for r in rows if r.role == "tuned"]
+    sections = [f"# zsclust report: {', '.join(client.get_experiment(i).name for i in exp_ids)} ({split} split)", ""]
+
+    if not default:
+        result.notes.append(f"no finished clustering runs on the {split} split: run 'zsclust sweep' first")
+    reducers = sorted({r.reducer for r in default})
+    by_method: dict[str, list[ResultRow]] = {}
+    order = {(red, c): i for i, (*_, red, c) in enumerate(dict.fromkeys(expected or []))}
+    for r in sorted(default, key=lambda r: (order.get((r.reducer, r.clusterer), len(order)), r.reducer, r.clusterer)):
+        by_method.setdefault(_method(r, len(reducers) > 1), []).append(r)
+    encoders = [e for e in (encoder_order or []) if any(r.encoder == e for r in default)]
+    encoders += sorted({r.encoder for r in default} - set(encoders))
+    datasets, groups = dataset_order(default, dataset_order_hint)
+
+    # -- tables and heatmaps per method --------------------------------------------------------
+    if by_method:
+        sections += ["## Summary", "", _write_table(out, "summary", summary_table(by_method, encoders, datasets, metric),
+                                                    result)]
+    for method, mrows in by_method.items():
+        stem = _slug(method)
+        title = f"{method} ({SETUP_LABELS.get(mrows[0].setup, mrows[0].setup)}, {mrows[0].reducer})"
+        table = method_table(mrows, title, encoders, datasets, groups, metric)
+        sections += [f"## {title}", "", _write_table(out, f"{metric}_{stem}", table, result)]
+        png = plot_heatmap(ami_matrix(mrows, encoders, datasets, metric), encoders, datasets,
+                           out / f"{metric}_heatmap_{stem}.png", f"{metric.upper()}: {title}")
+        result.files.append(png)
+        sections += [f"![{metric} heatmap {method}]({png.name})", ""]
+
+    # -- the label-free proxy ------------------------------------------------------------------
+    panels, sp_rows = {}, []
+    for method, mrows in by_method.items():
+        pts = [r for r in mrows if SILHOUETTE_KEY in r.metrics and metric in r.metrics]
+        if not pts:
+            continue
+        x = [r.metrics[SILHOUETTE_KEY] for r in pts]
+        y = [r.metrics[metric] for r in pts]
+        rho = spearman_rho(x, y)
+        panels[method] = {"x": x, "y": y, "encoders": [r.encoder for r in pts], "rho": rho}
+        result.spearman[method] = rho
+        sp_rows.append((method, [rho, float(len(pts))]))
+    if panels:
+        png = plot_silhouette_vs_ami(panels, out / "silhouette_vs_ami.png", SILHOUETTE_KEY)
+        result.files.append(png)
+        sp = Table(f"Spearman rho between {SILHOUETTE_KEY} and {metric.upper()} per clusterer", "clusterer",
+                   ["spearman rho", "points"], sp_rows)
+        sections += ["## Silhouette (UMAP) vs AMI", "", _write_table(out, "spearman", sp, result),
+                     f"![silhouette vs AMI]({png.name})", ""]
+    elif default:
+        result.notes.append(f"no run has {SILHOUETTE_KEY} (evaluation.umap_silhouette=false?): no scatter plot")
+
+    # -- tuned vs default ----------------------------------------------------------------------
+    pairs = _tuned_pairs(default, tuned, metric)
+    if pairs:
+        t = Table(f"{metric.upper()} with tuned vs default hyperparameters", "encoder / dataset / setup",
+                  ["default", "tuned", "tuned - default"], [(lab, [d, tu, tu - d]) for lab, d, tu, _ in pairs])
+        png = plot_tuned_vs_default([p[1] for p in pairs], [p[2] for p in pairs], [p[3] for p in pairs],
+                                    out / "tuned_vs_default.png")
+        result.files.append(png)
+        sections += ["## Tuned vs default", "", _write_table(out, "tuned_vs_default", t, result),
+                     f"![tuned vs default]({png.name})", ""]
+    else:
+        result.notes.append("no tuned runs to compare with (zsclust tune, then zsclust evaluate --study NAME "
+                            "evaluate.experiment=<this experiment>, or pass its experiment with --tuned-experiment)")
+
+    # -- what is missing -----------------------------------------------------------------------
+    result.missing = _missing(default, expected, encoders, datasets, by_method, split, tracker, exp_ids)
+    miss = ["# Missing", ""]
+    miss += [f"- {m}" for m in result.missing] or ["Nothing: every expected job has a finished run."]
+    miss += ["", "# Notes", ""] + ([f"- {n}" for n in result.notes] or ["none"])
+    result.files.append(_write(out / "missing.md", "\n".join(miss) + "\n"))
+    sections += ["## Missing", "", f"{len(result.missing)} expected job(s) without a finished run: see missing.md.", ""]
+    result.files.append(_write(out / "report.md", "\n".join(sections)))
+    if log:
+        result.run_id = _log(tracker, out, result, split)
+    return result
+
+
+def _method(r: ResultRow, several_reducers: bool) -> str:
+    return f"{r.clusterer}@{r.reducer}" if several_reducers else r.clusterer
+
+
+def _tuned_pairs(default, tuned, metric) -> list[tuple[str, float, float, str]]:
+    base: dict[tuple, float] = {}
+    for r in default:  # the first reducer seen stands for the setup
+        if metric in r.metrics:
+            base.setdefault((r.encoder, r.dataset, r.setup), r.metrics[metric])
+    out = []
+    for r in sorted(tuned, key=lambda r: (r.encoder, r.dataset, r.setup)):
+        key = (r.encoder, r.dataset, r.setup)
+        if key in base and metric in r.metrics:
+            label = SETUP_LABELS.get(r.setup, r.setup)
+            out.append((f"{r.encoder} / {r.dataset} / {label}", base[key], r.metrics[metric], label))
+    return out
+
+
+def _missing(default, expected, encoders, datasets, by_method, split, tracker, exp_ids) -> list[str]:
+    have = {(r.encoder, r.dataset, r.split, r.reducer, r.clusterer) for r in default}
+    if expected is None:  # every seen encoder x dataset x method
+        methods = {(r.reducer, r.clusterer) for r in default}
+        expected = [(e, d, split, red, c) for e in encoders for d in datasets for red, c in sorted(methods)]
+    errors = _failure_reasons(tracker, exp_ids)
+    out = []
+    for job in expected:
+        if job[2] == split and job not in have:
+            why = errors.get(job)
+            out.append(f"{job[0]} / {job[1]}:{job[2]} / {job[3]} / {job[4]}: "
+                       + (f"failed: {why.splitlines()[0][:200]}" if why else "no run"))
+    return out
+
+
+def _failure_reasons(tracker, exp_ids) -> dict[tuple, str]:
+    reasons = {}
+    for run in tracker.client.search_runs(exp_ids, filter_string="attributes.status = 'FAILED'", max_results=5000):
+        t, p = run.data.tags, run.data.params
+        if "encoder" in t and "clusterer" in p:
+            reasons[(t["encoder"], t.get("dataset"), t.get("split"), p.get("reducer"), p["clusterer"])] = \
+                t.get("zsclust.error", "failed")
+    return reasons
+
+
+def _log(tracker, out: Path, result: ReportResult, split: str) -> str:
+    run_id = tracker.start_run(f"report ({split})", tags={"zsclust.role": "report"})
+    tracker.log_params(run_id, {"report.split": split, "report.rows": result.n_rows})
+    tracker.log_metrics(run_id, {f"spearman_silhouette_ami.{_slug(m)}": v for m, v in result.spearman.items()
+                                 if not math.isnan(v)} | {"report.missing": float(len(result.missing))})
+    for path in result.files:
+        tracker.log_artifact(run_id, path, "report")
+    tracker.end_run(run_id)
+    return run_id
+
+
+def expected_from_sweep(cfg) -> tuple[list[tuple], list[str], list[str]]:
+    """A sweep config's grid as (encoder, dataset, split, reducer, clusterer) plus its encoder and dataset order."""
+    from ..sweep import expand_cells
+
+    cells = expand_cells(cfg)
+    expected = [(c.encoder, c.dataset, c.split, r, k) for c in cells for r in c.cfg.reducers for k in c.cfg.clusterers]
+    encoders = list(dict.fromkeys(c.encoder for c in cells))
+    datasets = list(dict.fromkeys(c.dataset for c in cells))
+    return expected, encoders, datasets
+

@@ -1,0 +1,154 @@
+"""The study's tables from result rows: AMI per encoder × dataset with group means and mean ranks.
+
+A :class:`Table` is a row label column plus numeric cells (missing = ``None``); it writes itself as
+markdown, CSV and LaTeX (booktabs), the best value of each column in bold.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._collect import ResultRow, group_rank
+
+
+@dataclass
+class Table:
+    title: str
+    row_header: str
+    columns: list[str]
+    rows: list[tuple[str, list[float | None]]]
+    lower_is_better: set[str] = field(default_factory=set)  # e.g. mean rank
+    digits: int = 3
+
+    def _best(self) -> dict[int, float]:
+        best = {}
+        for j, col in enumerate(self.columns):
+            vals = [v[j] for _, v in self.rows if v[j] is not None and not math.isnan(v[j])]
+            if len(vals) > 1:
+                best[j] = min(vals) if col in self.lower_is_better else max(vals)
+        return best
+
+    def _cells(self, bold) -> list[list[str]]:
+        best = self._best()
+        out = []
+        for label, vals in self.rows:
+            cells = [label]
+            for j, v in enumerate(vals):
+                if v is None or math.isnan(v):
+                    cells.append("–")
+                else:
+                    s = f"{v:.{self.digits}f}" if self.columns[j] != "mean rank" else f"{v:.2f}"
+                    cells.append(bold(s) if j in best and v == best[j] else s)
+            out.append(cells)
+        return out
+
+    def to_markdown(self) -> str:
+        head = [self.row_header, *self.columns]
+        lines = [f"**{self.title}**", "", "| " + " | ".join(head) + " |",
+                 "|" + "|".join([":---"] + ["---:"] * len(self.columns)) + "|"]
+        lines += ["| " + " | ".join(c) + " |" for c in self._cells(lambda s: f"**{s}**")]
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow([self.row_header, *self.columns])
+        for label, vals in self.rows:
+            w.writerow([label, *["" if v is None or math.isnan(v) else f"{v:.6g}" for v in vals]])
+        return buf.getvalue()
+
+    def to_latex(self) -> str:
+        def esc(s: str) -> str:
+            for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                         ("–", "--")):
+                s = s.replace(a, b)
+            return s
+
+        lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{esc(self.title)}}}",
+                 r"\begin{tabular}{l" + "r" * len(self.columns) + "}", r"\toprule",
+                 " & ".join(esc(c) for c in [self.row_header, *self.columns]) + r" \\", r"\midrule"]
+        for cells in self._cells(lambda s: rf"\textbf{{{s}}}"):
+            lines.append(" & ".join([esc(cells[0]), *[c if c.startswith(r"\textbf") else esc(c) for c in cells[1:]]])
+                         + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        return "\n".join(lines) + "\n"
+
+
+def mean_ranks(matrix: np.ndarray) -> np.ndarray:
+    """Rank encoders (rows) within each dataset (column), 1 = best AMI, ties averaged; mean over datasets.
+
+    Columns with a missing value are left out, so every encoder is ranked on the same datasets.
+    """
+    from scipy.stats import rankdata
+
+    complete = ~np.isnan(matrix).any(axis=0)
+    if matrix.shape[0] == 0 or not complete.any():
+        return np.full(matrix.shape[0], np.nan)
+    ranks = np.column_stack([rankdata(-matrix[:, j]) for j in np.flatnonzero(complete)])
+    return ranks.mean(axis=1)
+
+
+def ami_matrix(rows: list[ResultRow], encoders: list[str], datasets: list[str], metric: str = "ami") -> np.ndarray:
+    index = {(r.encoder, r.dataset): r.metrics.get(metric, np.nan) for r in rows}
+    return np.array([[index.get((e, d), np.nan) for d in datasets] for e in encoders], dtype=float).reshape(
+        len(encoders), len(datasets))
+
+
+def dataset_order(rows: list[ResultRow], preferred: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """Datasets grouped in the study's group order (then the preferred or alphabetical order), and their groups."""
+    groups = {r.dataset: r.group for r in rows}
+    pos = {d: i for i, d in enumerate(preferred or [])}
+    ordered = sorted(groups, key=lambda d: (group_rank(groups[d]), pos.get(d, len(pos)), d))
+    return ordered, groups
+
+
+def method_table(rows: list[ResultRow], method: str, encoders: list[str], datasets: list[str],
+                 groups: dict[str, str], metric: str = "ami") -> Table:
+    """Encoder × dataset, then a mean per group, the mean over all datasets and the mean rank."""
+    m = ami_matrix(rows, encoders, datasets, metric)
+    group_names = sorted(dict.fromkeys(groups[d] for d in datasets), key=group_rank)
+    group_means = []
+    for g in group_names:
+        cols = [j for j, d in enumerate(datasets) if groups[d] == g]
+        group_means.append(_nanmean(m[:, cols]))
+    ranks = mean_ranks(m)
+    columns = [*datasets, *[f"{g} mean" for g in group_names], "mean", "mean rank"]
+    table_rows = []
+    for i, e in enumerate(encoders):
+        vals = [*m[i].tolist(), *[gm[i] for gm in group_means], _nanmean(m[i : i + 1, :])[0], ranks[i]]
+        table_rows.append((e, [None if (v is None or math.isnan(v)) else float(v) for v in vals]))
+    return Table(f"{metric.upper()} per encoder and dataset: {method}", "encoder", columns, table_rows,
+                 lower_is_better={"mean rank"})
+
+
+def summary_table(rows_by_method: dict[str, list[ResultRow]], encoders: list[str], datasets: list[str],
+                  metric: str = "ami") -> Table:
+    """Encoder × method: mean AMI over the datasets, and the mean rank over every (dataset, method) cell."""
+    columns, means, all_ranks = [], [], []
+    for method, rows in rows_by_method.items():
+        m = ami_matrix(rows, encoders, datasets, metric)
+        columns.append(method)
+        means.append(_nanmean(m))
+        all_ranks.append(m)
+    stacked = np.concatenate(all_ranks, axis=1) if all_ranks else np.zeros((len(encoders), 0))
+    ranks = mean_ranks(stacked)
+    table_rows = []
+    for i, e in enumerate(encoders):
+        vals = [mm[i] for mm in means] + [_nanmean(stacked[i : i + 1, :])[0], ranks[i]]
+        table_rows.append((e, [None if math.isnan(v) else float(v) for v in vals]))
+    return Table(f"Mean {metric.upper()} per encoder and clusterer over the datasets", "encoder",
+                 [*columns, "mean", "mean rank"], table_rows, lower_is_better={"mean rank"})
+
+
+def _nanmean(m: np.ndarray) -> np.ndarray:
+    out = np.full(m.shape[0], np.nan)
+    for i in range(m.shape[0]):
+        vals = m[i][~np.isnan(m[i])]
+        if vals.size:
+            out[i] = vals.mean()
+    return out

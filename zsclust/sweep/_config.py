@@ -1,0 +1,148 @@
+"""A sweep config: the run config's settings, plus lists of encoders and datasets to cross.
+
+``encoders`` is a list of names (or ``{name, weights, reducers, clusterers}`` with per-encoder
+overrides); ``datasets`` a list, or a mapping group → list, of names (or ``{name, root, download, seed,
+skip_corrupt, group, reducers, clusterers}``). Every other key is a :class:`~zsclust.config.RunConfig`
+setting that applies to every cell: ``embed``, ``reducers``, ``clusterers``, ``tracking``, ...
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from ..config import RunConfig, load_config, to_container
+from ..errors import ConfigError
+
+ENCODER_KEYS = {"name", "weights", "reducers", "clusterers"}
+DATASET_KEYS = {"name", "root", "download", "seed", "skip_corrupt", "group", "reducers", "clusterers"}
+
+
+@dataclass
+class SweepSettings:
+    name: str = "sweep"
+    splits: list[str] = field(default_factory=lambda: ["test"])
+    workers: Optional[int] = None  # clustering processes; None: half the cores (at most 8); 0: in this process
+    threads_per_worker: Optional[int] = None  # None: the cores shared out among the workers
+
+
+@dataclass
+class SweepConfig(RunConfig):
+    """A grid: every encoder × dataset × split is embedded once, then every reducer × clusterer runs on it."""
+
+    encoders: list[Any] = field(default_factory=lambda: ["tf_efficientnet_lite0.pypi_in1k"])
+    datasets: Any = None  # a list, or group -> list (a list default could not merge with a mapping)
+    sweep: SweepSettings = field(default_factory=SweepSettings)
+
+
+@dataclass
+class Cell:
+    """One (encoder, dataset, split) of the grid, with the run config that embeds and clusters it."""
+
+    encoder: str
+    dataset: str
+    split: str
+    group: str | None
+    cfg: DictConfig  # a RunConfig
+
+    @property
+    def label(self) -> str:
+        return f"{self.encoder}/{self.dataset}:{self.split}"
+
+
+def load_sweep_config(path: str | os.PathLike | None, overrides=()) -> DictConfig:
+    cfg = load_config(path, overrides, schema=SweepConfig)
+    expand_cells(cfg)  # item errors now, before anything runs
+    return cfg
+
+
+def _items(node, what: str, keys: set[str]) -> list[dict]:
+    if node is None:
+        return []
+    if isinstance(node, (str, DictConfig)) and not isinstance(node, ListConfig):
+        node = [node]
+    out = []
+    for i, item in enumerate(node):
+        if isinstance(item, str):
+            out.append({"name": item})
+            continue
+        if not isinstance(item, DictConfig) or "name" not in item:
+            raise ConfigError(f"{what}[{i}] must be a name or a mapping with a 'name', got {item!r}.")
+        unknown = set(item.keys()) - keys
+        if unknown:
+            raise ConfigError(f"{what}[{i}] ({item.name}) has unknown key(s) {sorted(unknown)}; "
+                              f"valid: {', '.join(sorted(keys))}.")
+        out.append(to_container(item))
+    return out
+
+
+def _dataset_items(node) -> list[dict]:
+    if isinstance(node, DictConfig) and "name" not in node:  # group -> list
+        out = []
+        for group, items in node.items():
+            for item in _items(items, f"datasets.{group}", DATASET_KEYS):
+                item.setdefault("group", str(group))
+                out.append(item)
+        return out
+    return _items(node, "datasets", DATASET_KEYS)
+
+
+def expand_cells(cfg: DictConfig) -> list[Cell]:
+    """The grid in run order (encoder-major, so each encoder is loaded once), each cell a full RunConfig."""
+    encoders = _items(cfg.encoders, "encoders", ENCODER_KEYS)
+    datasets = _dataset_items(cfg.datasets)
+    if not encoders:
+        raise ConfigError("The sweep lists no encoders; add some under 'encoders', e.g. [resnet50.tv_in1k].")
+    if not datasets:
+        raise ConfigError("The sweep lists no datasets; add some under 'datasets', e.g. [cifar10, dtd], "
+                          "or by group: {far-ood: [dtd, eurosat]}.")
+    splits = list(cfg.sweep.splits)
+    if not splits:
+        raise ConfigError("sweep.splits is empty; use [test] (or [val] to score validation splits).")
+    base = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k not in ("encoders", "datasets", "sweep")])
+    schema = OmegaConf.structured(RunConfig)
+    cells, seen = [], set()
+    for enc in encoders:
+        for ds in datasets:
+            for split in splits:
+                key = (enc["name"], enc.get("weights"), ds["name"], ds.get("root"), split)
+                if key in seen:
+                    raise ConfigError(f"The sweep lists {enc['name']} × {ds['name']}:{split} twice; "
+                                      "each cell must be unique.")
+                seen.add(key)
+                cells.append(_cell(schema, base, enc, ds, split))
+    return cells
+
+
+def _cell(schema, base, enc: dict, ds: dict, split: str) -> Cell:
+    cfg = OmegaConf.merge(schema, base)
+    for key in ("reducers", "clusterers"):  # the sweep's own lists, not those plus the schema's defaults
+        cfg[key] = base[key]
+    cfg.encoder.name = enc["name"]
+    if "weights" in enc:
+        cfg.encoder.weights = enc["weights"]
+    cfg.data.name = ds["name"]
+    cfg.data.split = split
+    for key in ("root", "download", "seed", "skip_corrupt"):
+        if key in ds:
+            cfg.data[key] = ds[key]
+    for source, where in ((enc, f"encoders[{enc['name']}]"), (ds, f"datasets[{ds['name']}]")):
+        for key in ("reducers", "clusterers"):
+            for name, override in (source.get(key) or {}).items():
+                if name not in cfg[key]:
+                    raise ConfigError(f"{where}.{key}.{name} overrides a {key[:-1]} the sweep does not run; "
+                                      f"it runs: {', '.join(cfg[key].keys())}.")
+                if isinstance(override, dict) and isinstance(cfg[key][name], DictConfig):
+                    cfg[key][name] = OmegaConf.merge(cfg[key][name], override)
+                else:
+                    cfg[key][name] = override
+    return Cell(enc["name"], display_name(ds["name"]), split, ds.get("group"), cfg)
+
+
+def display_name(dataset: str) -> str:
+    """A registered name as it is; an image folder by its last path component (its full path stays in the params)."""
+    return Path(dataset).name if ("/" in dataset or os.sep in dataset) else dataset

@@ -1,0 +1,324 @@
+"""``zsclust sweep``: embed every cell of the grid once, cluster its jobs in worker processes, log to MLflow.
+
+The main process embeds cells one after another (on every GPU of a DDP run: each cell is one
+``Trainer.predict``), and as soon as a cell's embeddings are cached it hands the cell to a pool of
+clustering processes, so clustering overlaps the next cell's embedding. Workers fit the cell's
+reductions once, then run its jobs in parallel; each job's MLflow run is written by the main process
+from the worker's recording. Errors stay with their cell or job: the sweep goes on and says why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from itertools import groupby
+
+from .._ranks import is_global_zero
+from ..errors import ConfigError, ZsclustError
+from ._config import Cell, expand_cells
+from ._plan import CellPlan, Job, close_orphans, finished_job_keys, plan_cells, sweep_tags
+from ._worker import cluster_job, init_worker, prepare_cell
+
+@dataclass
+class SweepSummary:
+    """What one ``zsclust sweep`` invocation did: every job of the grid is in exactly one list."""
+
+    name: str
+    ran: list[Job] = field(default_factory=list)
+    skipped: list[Job] = field(default_factory=list)
+    failed: list[tuple[Job, str]] = field(default_factory=list)
+    run_ids: dict[str, str] = field(default_factory=dict)  # job key -> MLflow run id
+    metrics: dict[str, dict] = field(default_factory=dict)  # job key -> metrics
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def format(self) -> str:
+        total = len(self.ran) + len(self.skipped) + len(self.failed)
+        head = (f"Sweep '{self.name}': {total} jobs: {len(self.ran)} ran, {len(self.skipped)} skipped "
+                f"(finished before), {len(self.failed)} failed, in {self.seconds:.0f} s"
+                + (" (interrupted: rerun the same command to finish)" if self.interrupted else "."))
+        lines = [head]
+        for job, why in self.failed:
+            lines.append(f"  FAILED {job.label}: {why.splitlines()[0][:300] if why else '?'}")
+        if self.failed:
+            lines.append("Failed jobs have no FINISHED run, so rerunning the sweep retries them.")
+        return "\n".join(lines)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
+    """Run (or finish) the sweep ``cfg`` from :func:`load_sweep_config`; ``None`` on ranks other than 0."""
+    from ..jobs import make_tracker
+
+    start = time.perf_counter()
+    cells = expand_cells(cfg)
+    if not cfg.tracking.enabled:
+        raise ConfigError("A sweep records finished jobs in MLflow to skip them on restart; "
+                          "set tracking.enabled=true (and tracking.uri for a team server).")
+    _validate_pipelines(cells)
+    tracker = make_tracker(cfg)
+    rank_zero = is_global_zero()
+    if rank_zero:
+        closed = close_orphans(tracker)
+        if closed:
+            print(f"Marked {closed} run(s) KILLED that a killed sweep left RUNNING.")
+    plans = plan_cells(cells, finished_job_keys(tracker))
+    summary = SweepSummary(cfg.sweep.name)
+    for plan in plans:
+        summary.skipped.extend(plan.done)
+    n_pending = sum(len(p.pending) for p in plans)
+    workers, threads = _worker_counts(cfg)
+    if rank_zero:
+        print(f"Sweep '{cfg.sweep.name}': {len(cells)} cells (encoder × dataset × split), "
+              f"{n_pending + len(summary.skipped)} jobs, {len(summary.skipped)} already finished; "
+              f"{sum(1 for p in plans if p.pending)} cells to embed or load, {workers or 'no'} clustering "
+              f"worker process(es) × {threads} thread(s). MLflow: {tracker.uri}, experiment '{tracker.experiment_name}'.",
+              flush=True)
+    pool = _ClusterPool(tracker, summary, workers, threads, n_pending, progress and rank_zero,
+                        extra_tags={"zsclust.sweep": cfg.sweep.name, **sweep_tags()})
+    try:
+        for (enc_name, enc_weights), group in groupby([p for p in plans if p.pending],
+                                                      key=lambda p: (p.cell.encoder, p.cell.cfg.encoder.weights)):
+            group = list(group)
+            try:
+                encoder = _create_encoder(enc_name, enc_weights)
+            except Exception as e:  # noqa: BLE001 - a missing checkpoint fails this encoder's cells only
+                for plan in group:
+                    pool.fail_cell(plan, f"encoder {enc_name}: {_reason(e)}")
+                continue
+            for plan in group:
+                emb = _embed_cell(plan, encoder, pool)
+                if emb is not None and rank_zero:
+                    pool.submit_cell(plan, emb.fingerprint)
+                pool.poll()
+            del encoder
+        if not rank_zero:
+            return None
+        pool.drain()
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        pool.abandon()
+    finally:
+        pool.close()
+        summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _worker_counts(cfg) -> tuple[int, int]:
+    """(clustering processes, threads each): by default half the cores (at most 8), the cores shared out."""
+    cores = available_cores()
+    workers = cfg.sweep.workers if cfg.sweep.workers is not None else max(1, min(8, cores // 2))
+    if workers < 0:
+        raise ConfigError(f"sweep.workers must be >= 0 (0 clusters in this process), got {workers}.")
+    threads = cfg.sweep.threads_per_worker or max(1, cores // max(1, workers))
+    return workers, threads
+
+
+def _validate_pipelines(cells: list[Cell]) -> None:
+    """Smoke-fit each distinct reducers × clusterers setup once: a typo stops the sweep before any embedding."""
+    import json
+
+    from .._json import to_jsonable
+    from ..config import to_container
+    from ..jobs import make_pipeline
+
+    seen = set()
+    for cell in cells:
+        setup = json.dumps(to_jsonable({"r": to_container(cell.cfg.reducers), "c": to_container(cell.cfg.clusterers),
+                                        "s": cell.cfg.seed}), sort_keys=True)
+        if setup in seen:
+            continue
+        seen.add(setup)
+        try:
+            make_pipeline(cell.cfg, {}).validate(1000, 128, None, memory=False)
+        except ZsclustError as e:
+            raise type(e)(f"{cell.label}: {e}") from None
+
+
+def _create_encoder(name, weights):
+    from ..encoders import create_encoder
+
+    return create_encoder(name, weights=weights)
+
+
+def _embed_cell(plan: CellPlan, encoder, pool: "_ClusterPool"):
+    """The cell's embeddings (cached or computed now); ``None`` (with its jobs failed) when they cannot be had."""
+    import numpy as np
+
+    from ..embed import embed
+    from ..jobs import embed_options, make_dataset, make_pipeline
+
+    cfg = plan.cell.cfg
+    try:
+        dataset = make_dataset(cfg, encoder)
+        labels = np.asarray(dataset.labels)
+        n_classes = len(np.unique(labels[labels >= 0])) or None
+        problems = make_pipeline(cfg, plan.context).memory_problems(len(dataset), encoder.num_features, n_classes)
+        for job in [j for j in plan.pending if (j.reducer, j.clusterer) in problems]:
+            pool.fail_job(job, problems[(job.reducer, job.clusterer)])
+            plan.pending.remove(job)
+        if not plan.pending:
+            return None
+        return embed(encoder, dataset, options=embed_options(cfg))
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - one dataset failing must not stop the sweep
+        pool.fail_cell(plan, f"embedding {plan.cell.label}: {_reason(e)}")
+        return None
+
+
+def _reason(e: BaseException) -> str:
+    return str(e) if isinstance(e, ZsclustError) else f"{type(e).__name__}: {e}"
+
+
+class _ClusterPool:
+    """Worker processes that prepare cells and run jobs; results are replayed into MLflow here, in order of completion."""
+
+    def __init__(self, tracker, summary: SweepSummary, workers: int, threads: int, total: int, progress: bool,
+                 extra_tags: dict):
+        self.tracker, self.summary = tracker, summary
+        self.workers, self.threads = workers, threads
+        self.extra_tags = extra_tags
+        self.staging_root = tempfile.mkdtemp(prefix="zsclust-sweep-")
+        self.executor: ProcessPoolExecutor | None = None
+        self.futures: dict[Future, tuple] = {}
+        self.bar = None
+        if progress and total:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="clustering jobs", unit="job", dynamic_ncols=True, disable=None)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _say(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def _tick(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(ran=len(self.summary.ran), failed=len(self.summary.failed), refresh=False)
+
+    def fail_job(self, job: Job, why: str) -> None:
+        self.summary.failed.append((job, why))
+        self._say(f"FAILED {job.label}: {why.splitlines()[0][:300] if why else '?'}")
+        self._tick()
+
+    def fail_cell(self, plan: CellPlan, why: str) -> None:
+        for job in plan.pending:
+            self.fail_job(job, why)
+        plan.pending = []
+
+    # -- work ----------------------------------------------------------------------------------
+    def _spec(self, plan: CellPlan, fingerprint: str) -> dict:
+        from ..config import to_container
+
+        return {"cfg": to_container(plan.cell.cfg), "context": plan.context, "identity": plan.identity,
+                "fingerprint": fingerprint, "cache_dir": plan.cell.cfg.embed.cache_dir,
+                "jobs": [(j.reducer, j.clusterer) for j in plan.pending]}
+
+    def _submit(self, fn, *args, what: tuple) -> None:
+        if self.workers == 0:  # in this process: the same steps, one at a time
+            future: Future = Future()
+            try:
+                future.set_result(fn(*args))
+            except Exception as e:  # noqa: BLE001
+                future.set_exception(e)
+        else:
+            if self.executor is None:
+                import multiprocessing as mp
+
+                self.executor = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                                    initializer=init_worker, initargs=(self.threads,))
+            future = self.executor.submit(fn, *args)
+        self.futures[future] = what
+
+    def submit_cell(self, plan: CellPlan, fingerprint: str) -> None:
+        spec = self._spec(plan, fingerprint)
+        self._submit(prepare_cell, spec, what=("prepare", plan, spec))
+
+    def poll(self, block: bool = False) -> None:
+        if not self.futures:
+            return
+        done, _ = wait(list(self.futures), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for future in done:
+            self._finish(future, *self.futures.pop(future))
+
+    def drain(self) -> None:
+        while self.futures:
+            self.poll(block=True)
+
+    def _finish(self, future: Future, kind: str, plan: CellPlan, spec: dict, job: Job | None = None) -> None:
+        try:
+            value = future.result()
+        except BrokenProcessPool:
+            self.executor = None  # a worker died (killed, out of memory): a new pool for what is left
+            why = "a clustering worker process died (killed, or out of memory?)"
+            if kind == "prepare":
+                self.fail_cell(plan, why)
+            else:
+                self.fail_job(job, why)
+            return
+        except Exception as e:  # noqa: BLE001
+            if kind == "prepare":  # each job will fit what it needs and report its own error
+                self._say(f"preparing {plan.cell.label} failed ({_reason(e)}); running its jobs anyway")
+                value = None
+            else:
+                self.fail_job(job, _reason(e))
+                return
+        if kind == "prepare":
+            for j in plan.pending:
+                self._submit(cluster_job, spec, (j.reducer, j.clusterer), self.staging_root, what=("job", plan, spec, j))
+            return
+        result, ops, staging = value
+        try:
+            ids = _replay(ops, self.tracker, {**self.extra_tags})
+        except Exception as e:  # noqa: BLE001 - the tracking server went away: retry on the next sweep
+            self.fail_job(job, f"could not write its MLflow run: {_reason(e)}")
+            return
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if result.error:
+            self.fail_job(job, result.error)
+            return
+        self.summary.ran.append(job)
+        self.summary.run_ids[job.key] = next(iter(ids.values()), None)
+        self.summary.metrics[job.key] = result.metrics
+        ami = result.metrics.get("ami")
+        self._say(f"done {job.label}" + (f": AMI {ami:.3f}" if ami is not None else ""))
+        self._tick()
+
+    def abandon(self) -> None:
+        for future in self.futures:
+            future.cancel()
+        self.futures.clear()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.bar is not None:
+            self.bar.close()
+        shutil.rmtree(self.staging_root, ignore_errors=True)
+
+
+def _replay(ops, tracker, extra_tags):
+    from ..tracking import replay
+
+    return replay(ops, tracker, extra_tags=extra_tags)
+
+
+def print_summary(summary: SweepSummary, stream=None) -> None:
+    print(summary.format(), file=stream or sys.stdout, flush=True)
