@@ -242,7 +242,8 @@ def cmd_report(args) -> int:
     print(f"Report on {result.n_rows} run(s) of experiment '{experiment}' ({args.split} split): "
           f"{len(result.files)} files in {result.out_dir}/ (start with report.md)")
     for method, rho in result.spearman.items():
-        print(f"  Spearman rho(silhouette_umap50, {args.metric}) for {method}: {rho:.3f}")
+        print(f"  Spearman rho(silhouette_umap50, {args.metric}) for {method}: "
+              + ("n/a (needs 3+ encoder x dataset points that are not all equal)" if rho != rho else f"{rho:.3f}"))
     if result.missing:
         print(f"{len(result.missing)} expected job(s) have no finished run (see missing.md), e.g.:")
         for line in result.missing[:5]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import warnings
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -134,15 +135,20 @@ class ClusteringPipeline:
         """
         from sklearn.datasets import make_blobs
 
-        from ._clusterers import create_clusterer
-        from ._memory import check_fit_memory
-        from ._reducers import create_reducer
-
         need = max([_n_components_needed(c) for c in self.reducers.values()] + [0])
         m = max(smoke_samples, need + 50)
         k = max(2, min(n_classes or 5, 20))
         X, _ = make_blobs(n_samples=m, n_features=max(n_features if n_features <= 512 else 512, need + 1, 8),
                           centers=k, random_state=0)
+        with warnings.catch_warnings():  # convergence chatter on synthetic blobs says nothing about real data
+            warnings.simplefilter("ignore")
+            self._smoke_fit(X, need, m, k, n_samples, n_features, n_classes, memory)
+
+    def _smoke_fit(self, X, need, m, k, n_samples, n_features, n_classes, memory) -> None:
+        from ._clusterers import create_clusterer
+        from ._memory import check_fit_memory
+        from ._reducers import create_reducer
+
         for rname, chain in self.reducers.items():
             try:
                 Xr = create_reducer(chain, random_state=self.seed).fit_transform(X) if chain else X

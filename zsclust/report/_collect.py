@@ -35,11 +35,10 @@ class ResultRow:
 
 
 def clusterer_setup(params: dict) -> str:
-    """The study's six setups from a run's params (``clusterer.name`` and whether K was given)."""
+    """The study's six setups from a run's params (``clusterer.name``; for agglomerative, whether a threshold is set)."""
     name = params.get("clusterer.name", "")
-    has_k = params.get("clusterer.n_clusters", "None") not in ("None", "", None)
-    if name == "agglomerative":
-        return "ac_k" if has_k and params.get("clusterer.distance_threshold", "None") in ("None", None) else "ac_no_k"
+    if name == "agglomerative":  # a distance threshold is what lets it find K itself
+        return "ac_no_k" if params.get("clusterer.distance_threshold", "None") not in ("None", "", None) else "ac_k"
     return {"kmeans": "kmeans", "affinity_propagation": "ap", "hdbscan": "hdbscan", "spectral": "spectral"}.get(name, name)
 
 

@@ -112,7 +112,7 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
         png = plot_silhouette_vs_ami(panels, out / "silhouette_vs_ami.png", SILHOUETTE_KEY)
         result.files.append(png)
         sp = Table(f"Spearman rho between {SILHOUETTE_KEY} and {metric.upper()} per clusterer", "clusterer",
-                   ["spearman rho", "points"], sp_rows)
+                   ["spearman rho", "points"], sp_rows, counts={"points"})
         sections += ["## Silhouette (UMAP) vs AMI", "", _write_table(out, "spearman", sp, result),
                      f"![silhouette vs AMI]({png.name})", ""]
     elif default:

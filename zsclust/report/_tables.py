@@ -23,13 +23,14 @@ class Table:
     columns: list[str]
     rows: list[tuple[str, list[float | None]]]
     lower_is_better: set[str] = field(default_factory=set)  # e.g. mean rank
+    counts: set[str] = field(default_factory=set)  # integer columns, never bold
     digits: int = 3
 
     def _best(self) -> dict[int, float]:
         best = {}
         for j, col in enumerate(self.columns):
             vals = [v[j] for _, v in self.rows if v[j] is not None and not math.isnan(v[j])]
-            if len(vals) > 1:
+            if len(vals) > 1 and col not in self.counts:
                 best[j] = min(vals) if col in self.lower_is_better else max(vals)
         return best
 
@@ -42,7 +43,8 @@ class Table:
                 if v is None or math.isnan(v):
                     cells.append("–")
                 else:
-                    s = f"{v:.{self.digits}f}" if self.columns[j] != "mean rank" else f"{v:.2f}"
+                    col = self.columns[j]
+                    s = f"{v:.0f}" if col in self.counts else f"{v:.2f}" if col == "mean rank" else f"{v:.{self.digits}f}"
                     cells.append(bold(s) if j in best and v == best[j] else s)
             out.append(cells)
         return out

@@ -28,6 +28,7 @@ class SweepSettings:
     splits: list[str] = field(default_factory=lambda: ["test"])
     workers: Optional[int] = None  # clustering processes; None: half the cores (at most 8); 0: in this process
     threads_per_worker: Optional[int] = None  # None: the cores shared out among the workers
+    shard: Optional[str] = None  # "i/n": this machine takes cells i, i+n, i+2n, ... (several machines, one grid)
 
 
 @dataclass
@@ -116,6 +117,19 @@ def expand_cells(cfg: DictConfig) -> list[Cell]:
                 seen.add(key)
                 cells.append(_cell(schema, base, enc, ds, split))
     return cells
+
+
+def shard_cells(cells: list[Cell], shard: str | None) -> list[Cell]:
+    """The cells of shard ``"i/n"`` (0-based), so n machines can share one grid without doing a cell twice."""
+    if not shard:
+        return cells
+    try:
+        i, n = (int(x) for x in str(shard).split("/"))
+    except ValueError:
+        raise ConfigError(f"sweep.shard must look like i/n (e.g. 0/4 for the first of 4 machines), got '{shard}'.") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"sweep.shard={shard}: need 0 <= i < n, e.g. 0/4 ... 3/4.")
+    return cells[i::n]
 
 
 def _cell(schema, base, enc: dict, ds: dict, split: str) -> Cell:

@@ -21,7 +21,7 @@ from itertools import groupby
 
 from .._ranks import is_global_zero
 from ..errors import ConfigError, ZsclustError
-from ._config import Cell, expand_cells
+from ._config import Cell, expand_cells, shard_cells
 from ._plan import CellPlan, Job, close_orphans, finished_job_keys, plan_cells, sweep_tags
 from ._worker import cluster_job, init_worker, prepare_cell
 
@@ -60,7 +60,7 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
     from ..jobs import make_tracker
 
     start = time.perf_counter()
-    cells = expand_cells(cfg)
+    cells = shard_cells(expand_cells(cfg), cfg.sweep.shard)
     if not cfg.tracking.enabled:
         raise ConfigError("A sweep records finished jobs in MLflow to skip them on restart; "
                           "set tracking.enabled=true (and tracking.uri for a team server).")
@@ -78,7 +78,8 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
     n_pending = sum(len(p.pending) for p in plans)
     workers, threads = _worker_counts(cfg)
     if rank_zero:
-        print(f"Sweep '{cfg.sweep.name}': {len(cells)} cells (encoder × dataset × split), "
+        print(f"Sweep '{cfg.sweep.name}'" + (f" shard {cfg.sweep.shard}" if cfg.sweep.shard else "")
+              + f": {len(cells)} cells (encoder × dataset × split), "
               f"{n_pending + len(summary.skipped)} jobs, {len(summary.skipped)} already finished; "
               f"{sum(1 for p in plans if p.pending)} cells to embed or load, {workers or 'no'} clustering "
               f"worker process(es) × {threads} thread(s). MLflow: {tracker.uri}, experiment '{tracker.experiment_name}'.",
@@ -124,24 +125,31 @@ def _worker_counts(cfg) -> tuple[int, int]:
 
 
 def _validate_pipelines(cells: list[Cell]) -> None:
-    """Smoke-fit each distinct reducers × clusterers setup once: a typo stops the sweep before any embedding."""
+    """Smoke-fit every distinct reducer and clusterer of the grid once: a typo stops the sweep before any embedding.
+
+    Distinct specs (per-encoder or per-dataset overrides make more) are gathered into one pipeline, so
+    each reduction is fitted once and each clusterer spec smoke-fitted once on it.
+    """
     import json
 
     from .._json import to_jsonable
+    from ..cluster import ClusteringPipeline
     from ..config import to_container
-    from ..jobs import make_pipeline
 
-    seen = set()
+    specs: dict[str, dict] = {"reducers": {}, "clusterers": {}}
     for cell in cells:
-        setup = json.dumps(to_jsonable({"r": to_container(cell.cfg.reducers), "c": to_container(cell.cfg.clusterers),
-                                        "s": cell.cfg.seed}), sort_keys=True)
-        if setup in seen:
-            continue
-        seen.add(setup)
-        try:
-            make_pipeline(cell.cfg, {}).validate(1000, 128, None, memory=False)
-        except ZsclustError as e:
-            raise type(e)(f"{cell.label}: {e}") from None
+        for kind, found in specs.items():
+            for name, spec in to_container(cell.cfg[kind]).items():
+                found.setdefault((name, json.dumps(to_jsonable(spec), sort_keys=True)), (spec, cell.label))
+    named = {}
+    for kind, found in specs.items():  # a name with several specs is labelled by the first cell that has each
+        counts = {}
+        for name, _ in found:
+            counts[name] = counts.get(name, 0) + 1
+        named[kind] = {(name if counts[name] == 1 else f"{name} (as {where} has it)"): spec
+                       for (name, _), (spec, where) in found.items()}
+    pipeline = ClusteringPipeline(named["reducers"], named["clusterers"], seed=cells[0].cfg.seed)
+    pipeline.validate(1000, 128, None, memory=False)
 
 
 def _create_encoder(name, weights):
