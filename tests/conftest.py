@@ -110,3 +110,139 @@ def mlflow_server(tmp_path_factory):
     yield uri
     stop_process_group(proc)
     log.close()
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------------------
+
+POSTGRES_MISSING = ("PostgreSQL server binaries not found: install Debian's postgresql package "
+                    "(apt-get install -y postgresql) or set ZSCLUST_TEST_POSTGRES_URL")
+POSTGRES_DATABASES = ("mlflow", "optuna")
+
+
+def _postgres_bindir() -> Path | None:
+    """The folder holding ``initdb``/``pg_ctl``: ``$ZSCLUST_TEST_POSTGRES_BINDIR`` (no fallback when set), else
+    Debian's newest ``/usr/lib/postgresql/<version>/bin``, else ``pg_config --bindir``, else ``$PATH``."""
+    import glob
+    import shutil
+
+    def ok(d) -> bool:
+        return d is not None and all((Path(d) / b).is_file() for b in ("initdb", "pg_ctl", "postgres"))
+
+    if os.environ.get("ZSCLUST_TEST_POSTGRES_BINDIR"):
+        d = Path(os.environ["ZSCLUST_TEST_POSTGRES_BINDIR"])
+        return d if ok(d) else None
+
+    def version(d: str) -> tuple:
+        return tuple(int(p) if p.isdigit() else 0 for p in Path(d).parent.name.split("."))
+
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)
+    if shutil.which("pg_config"):  # libpq-dev ships pg_config without a server: check what it names
+        try:
+            out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, timeout=10)
+            candidates.append(out.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if shutil.which("pg_ctl"):
+        candidates.append(str(Path(shutil.which("pg_ctl")).resolve().parent))
+    return next((Path(d) for d in candidates if ok(d)), None)
+
+
+def _create_databases(base_url: str, names=POSTGRES_DATABASES) -> None:
+    """``CREATE DATABASE`` for each name that is missing, through the server's ``postgres`` database."""
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    u = make_url(base_url)
+    conn = psycopg2.connect(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
+                            dbname=u.database or "postgres", connect_timeout=10)
+    conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+    try:
+        with conn.cursor() as cur:
+            for name in names:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cur.fetchone() is None:
+                    cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server with the databases ``mlflow`` and ``optuna``; yields a base URL
+    (``postgresql+psycopg2://postgres@127.0.0.1:PORT``) to which tests append ``/mlflow`` or ``/optuna``.
+
+    ``$ZSCLUST_TEST_POSTGRES_URL`` (same form, e.g. a CI service container; a database in it is dropped from
+    the URL; missing databases are created) is used instead, and left running. Otherwise a
+    throwaway cluster is initdb'd from the installed server binaries (Debian's ``postgresql`` package),
+    with trust authentication on 127.0.0.1 only, and stopped at the end of the session. Missing binaries
+    fail the tests: they are never skipped.
+    """
+    import shutil
+    import tempfile
+
+    external = os.environ.get("ZSCLUST_TEST_POSTGRES_URL")
+    if external:
+        from sqlalchemy.engine import URL, make_url
+
+        u = make_url(external)  # without its database: the tests add theirs
+        base = URL.create(u.drivername, u.username, u.password, u.host, u.port).render_as_string(hide_password=False)
+        _create_databases(base)
+        yield base
+        return
+
+    bindir = _postgres_bindir()
+    if bindir is None:
+        where = os.environ.get("ZSCLUST_TEST_POSTGRES_BINDIR") or "/usr/lib/postgresql/*/bin, pg_config --bindir, $PATH"
+        pytest.fail(f"{POSTGRES_MISSING}\n(looked for initdb, pg_ctl and postgres in: {where})", pytrace=False)
+    # The server refuses to run as root: run initdb/pg_ctl as the 'postgres' user the package creates.
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.fail("Running as root, and there is no 'postgres' user to run the PostgreSQL server as: "
+                        "install Debian's postgresql package (it creates the user) or run the tests as another "
+                        "user.", pytrace=False)
+        runuser = shutil.which("runuser") or shutil.which("setpriv")
+        as_user = ([runuser, "-u", "postgres", "--"] if runuser and runuser.endswith("runuser") else
+                   [runuser, f"--reuid={owner.pw_uid}", f"--regid={owner.pw_gid}", "--init-groups"])
+    # Not under pytest's basetemp: its parents are private to root, and the server user must reach the folder.
+    root = Path(tempfile.mkdtemp(prefix="zsclust-pg-"))
+    data, sock, log = root / "data", root / "sock", root / "server.log"
+    sock.mkdir()
+    if as_user:
+        for p in (root, sock):
+            os.chown(p, owner.pw_uid, owner.pw_gid)
+
+    def pg(*args, timeout=120) -> subprocess.CompletedProcess:
+        return subprocess.run([*as_user, str(bindir / args[0]), *map(str, args[1:])], capture_output=True,
+                              text=True, timeout=timeout, cwd=root, env=dict(os.environ, LC_ALL="C", LANG="C"))
+
+    def fail(what: str, proc: subprocess.CompletedProcess) -> None:
+        server_log = log.read_text()[-3000:] if log.is_file() else ""
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"PostgreSQL ({bindir}): {what} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n"
+                    f"{server_log}", pytrace=False)
+
+    user = "postgres"
+    proc = pg("initdb", "-D", data, "-U", user, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync")
+    if proc.returncode != 0:
+        fail("initdb", proc)
+    for _ in range(3):  # the free port may be taken between the probe and the bind: try another
+        port = _free_port()
+        opts = (f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+                "-c full_page_writes=off -c max_connections=100")
+        proc = pg("pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o", opts, "start")
+        if proc.returncode == 0:
+            break
+    else:
+        fail("pg_ctl start", proc)
+    base = f"postgresql+psycopg2://{user}@127.0.0.1:{port}"
+    try:
+        _create_databases(base)
+        yield base
+    finally:
+        pg("pg_ctl", "-D", data, "-m", "fast", "-w", "-t", "60", "stop")
+        shutil.rmtree(root, ignore_errors=True)

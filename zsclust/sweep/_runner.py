@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -100,12 +101,11 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
                 emb = _embed_cell(plan, encoder, pool)
                 if emb is not None and rank_zero:
                     pool.submit_cell(plan, emb.fingerprint)
-                pool.poll()
             del encoder
         if not rank_zero:
             return None
         pool.drain()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C; Lightning turns one during predict into SystemExit
         summary.interrupted = True
         pool.abandon()
     finally:
@@ -189,7 +189,11 @@ def _reason(e: BaseException) -> str:
 
 
 class _ClusterPool:
-    """Worker processes that prepare cells and run jobs; results are replayed into MLflow here, in order of completion."""
+    """Worker processes that prepare cells and run jobs.
+
+    A thread of the main process collects what they finish and writes it to MLflow as it arrives, so
+    runs appear (and count as done) while the main thread is busy embedding the next cell.
+    """
 
     def __init__(self, tracker, summary: SweepSummary, workers: int, threads: int, total: int, progress: bool,
                  extra_tags: dict):
@@ -199,6 +203,9 @@ class _ClusterPool:
         self.staging_root = tempfile.mkdtemp(prefix="zsclust-sweep-")
         self.executor: ProcessPoolExecutor | None = None
         self.futures: dict[Future, tuple] = {}
+        self.lock = threading.RLock()
+        self.stop = threading.Event()
+        self.collector: threading.Thread | None = None
         self.bar = None
         if progress and total:
             from tqdm.auto import tqdm
@@ -218,12 +225,13 @@ class _ClusterPool:
             self.bar.set_postfix(ran=len(self.summary.ran), failed=len(self.summary.failed), refresh=False)
 
     def fail_job(self, job: Job, why: str) -> None:
-        self.summary.failed.append((job, why))
-        self._say(f"FAILED {job.label}: {why.splitlines()[0][:300] if why else '?'}")
-        self._tick()
+        with self.lock:
+            self.summary.failed.append((job, why))
+            self._say(f"FAILED {job.label}: {why.splitlines()[0][:300] if why else '?'}")
+            self._tick()
 
     def fail_cell(self, plan: CellPlan, why: str) -> None:
-        for job in plan.pending:
+        for job in list(plan.pending):
             self.fail_job(job, why)
         plan.pending = []
 
@@ -236,41 +244,67 @@ class _ClusterPool:
                 "jobs": [(j.reducer, j.clusterer) for j in plan.pending]}
 
     def _submit(self, fn, *args, what: tuple) -> None:
-        if self.workers == 0:  # in this process: the same steps, one at a time
-            future: Future = Future()
-            try:
-                future.set_result(fn(*args))
-            except Exception as e:  # noqa: BLE001
-                future.set_exception(e)
-        else:
-            if self.executor is None:
-                import multiprocessing as mp
+        with self.lock:
+            if self.workers == 0:  # in this process: the same steps, one at a time
+                future: Future = Future()
+                try:
+                    future.set_result(fn(*args))
+                except Exception as e:  # noqa: BLE001
+                    future.set_exception(e)
+            else:
+                if self.executor is None:
+                    import multiprocessing as mp
 
-                self.executor = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                                    initializer=init_worker, initargs=(self.threads,))
-            future = self.executor.submit(fn, *args)
-        self.futures[future] = what
+                    self.executor = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                                        initializer=init_worker, initargs=(self.threads,))
+                future = self.executor.submit(fn, *args)
+            self.futures[future] = what
+            if self.collector is None:
+                self.collector = threading.Thread(target=self._collect, name="zsclust-sweep-collector", daemon=True)
+                self.collector.start()
 
     def submit_cell(self, plan: CellPlan, fingerprint: str) -> None:
         spec = self._spec(plan, fingerprint)
         self._submit(prepare_cell, spec, what=("prepare", plan, spec))
 
-    def poll(self, block: bool = False) -> None:
-        if not self.futures:
-            return
-        done, _ = wait(list(self.futures), timeout=None if block else 0, return_when=FIRST_COMPLETED)
-        for future in done:
-            self._finish(future, *self.futures.pop(future))
+    def _collect(self) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                pending = list(self.futures)
+            if not pending:
+                self.stop.wait(0.1)
+                continue
+            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in done:
+                with self.lock:
+                    what = self.futures.get(future)
+                if what is None:  # abandoned
+                    continue
+                try:
+                    self._finish(future, *what)
+                except Exception as e:  # noqa: BLE001 - a bug here must not hang the sweep
+                    if what[0] == "job":
+                        self.fail_job(what[3], f"collecting its result failed: {_reason(e)}")
+                    else:
+                        self.fail_cell(what[1], f"collecting its reductions failed: {_reason(e)}")
+                finally:  # popped only now, so drain() never sees a gap between a cell and its jobs
+                    with self.lock:
+                        self.futures.pop(future, None)
 
     def drain(self) -> None:
-        while self.futures:
-            self.poll(block=True)
+        """Wait until every submitted cell and job is finished and written."""
+        while True:
+            with self.lock:
+                if not self.futures:
+                    return
+            time.sleep(0.1)
 
     def _finish(self, future: Future, kind: str, plan: CellPlan, spec: dict, job: Job | None = None) -> None:
         try:
             value = future.result()
         except BrokenProcessPool:
-            self.executor = None  # a worker died (killed, out of memory): a new pool for what is left
+            with self.lock:
+                self.executor = None  # a worker died (killed, out of memory): a new pool for what is left
             why = "a clustering worker process died (killed, or out of memory?)"
             if kind == "prepare":
                 self.fail_cell(plan, why)
@@ -280,7 +314,6 @@ class _ClusterPool:
         except Exception as e:  # noqa: BLE001
             if kind == "prepare":  # each job will fit what it needs and report its own error
                 self._say(f"preparing {plan.cell.label} failed ({_reason(e)}); running its jobs anyway")
-                value = None
             else:
                 self.fail_job(job, _reason(e))
                 return
@@ -299,22 +332,28 @@ class _ClusterPool:
         if result.error:
             self.fail_job(job, result.error)
             return
-        self.summary.ran.append(job)
-        self.summary.run_ids[job.key] = next(iter(ids.values()), None)
-        self.summary.metrics[job.key] = result.metrics
-        ami = result.metrics.get("ami")
-        self._say(f"done {job.label}" + (f": AMI {ami:.3f}" if ami is not None else ""))
-        self._tick()
+        with self.lock:
+            self.summary.ran.append(job)
+            self.summary.run_ids[job.key] = next(iter(ids.values()), None)
+            self.summary.metrics[job.key] = result.metrics
+            ami = result.metrics.get("ami")
+            self._say(f"done {job.label}" + (f": AMI {ami:.3f}" if ami is not None else ""))
+            self._tick()
 
     def abandon(self) -> None:
-        for future in self.futures:
-            future.cancel()
-        self.futures.clear()
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            self.executor = None
+        self.stop.set()
+        with self.lock:
+            for future in self.futures:
+                future.cancel()
+            self.futures.clear()
+            if self.executor is not None:
+                self.executor.shutdown(wait=False, cancel_futures=True)
+                self.executor = None
 
     def close(self) -> None:
+        self.stop.set()
+        if self.collector is not None:
+            self.collector.join(timeout=10)
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
         if self.bar is not None:

@@ -37,7 +37,7 @@ class MLflowTracker:
         check_reachable(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_name = experiment
-        self.experiment_id = get_or_create_experiment(self.client, experiment, self.uri)
+        self.experiment_id = _first_contact(lambda: get_or_create_experiment(self.client, experiment, self.uri))
         self.base_tags = {"zsclust.version": __version__}
         commit = git_commit()
         if commit:
@@ -84,6 +84,24 @@ class MLflowTracker:
 
     def run_url(self, run_id: str) -> str:
         return f"{self.uri} experiment {self.experiment_id} run {run_id}"
+
+
+def _first_contact(call, attempts: int = 5):
+    """``call()``, retried while another process is creating the store's tables at the same moment.
+
+    MLflow creates its schema on first contact with an empty database; two workers starting together
+    on a fresh PostgreSQL database collide there ("already exists", a unique violation) and one fails.
+    """
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as e:  # sqlalchemy's IntegrityError/ProgrammingError, wrapped by MLflow
+            text = str(e).lower()
+            if attempt == attempts - 1 or not ("already exists" in text or "duplicate" in text or "unique" in text):
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _param_value(v: Any) -> str:

@@ -33,11 +33,31 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return f"sqlite:///{d / 'mlflow.db'}"
 
 
+ARTIFACT_ROOT_ENV = "ZSCLUST_ARTIFACT_ROOT"
+
+
 def artifact_root_for(uri: str) -> str | None:
-    """Artifacts beside a local SQLite store; a server (http) decides for itself."""
+    """Where new experiments keep artifacts: ``$ZSCLUST_ARTIFACT_ROOT``, else beside a SQLite store.
+
+    A tracking server (http) decides for itself. A database URI (``postgresql://...``) written to
+    directly has no folder of its own: MLflow would put artifacts under ``./mlruns`` of whatever
+    directory each worker runs in, so zsclust uses the local store's ``artifacts`` folder and says so;
+    set ``ZSCLUST_ARTIFACT_ROOT`` to a location every worker reaches (a shared path, ``s3://...``).
+    """
+    if uri.startswith(("http://", "https://")):
+        return None
+    root = os.environ.get(ARTIFACT_ROOT_ENV)
+    if root:
+        return root if "://" in root else Path(root).resolve().as_uri()
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
-    return None
+    folder = default_store_dir() / "artifacts"
+    import warnings
+
+    warnings.warn(f"MLflow store {uri.split('@')[-1]} is a database without an artifact location: artifacts of new "
+                  f"experiments go to {folder} on this machine. Set {ARTIFACT_ROOT_ENV} to a place every worker "
+                  "reaches, or use an MLflow server.", stacklevel=2)
+    return folder.as_uri()
 
 
 def get_or_create_experiment(client, name: str, uri: str) -> str:

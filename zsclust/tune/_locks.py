@@ -42,3 +42,36 @@ class FileLock:
             self._fh.close()
             self._fh = None
         return False
+
+
+class AdvisoryLock:
+    """A PostgreSQL session-level advisory lock on ``key``, held on its own connection while inside ``with``.
+
+    The server RDB counterpart of :class:`FileLock`: workers on any machine that share a PostgreSQL
+    storage serialise study setup and trial claims through it. The server releases it when a worker's
+    connection dies, so a killed worker never leaves it behind. Not reentrant.
+    """
+
+    def __init__(self, url: str, key: str):
+        self.url, self.key = url, key
+        self._engine = None
+        self._conn = None
+
+    def __enter__(self):
+        import sqlalchemy
+
+        if self._engine is None:
+            self._engine = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool)
+        self._conn = self._engine.connect()
+        self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": self.key})
+        return self
+
+    def __exit__(self, *exc):
+        import sqlalchemy
+
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": self.key})
+            self._conn.close()
+            self._conn = None
+        return False

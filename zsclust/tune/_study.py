@@ -3,9 +3,10 @@
 Several ``zsclust tune`` processes share a study through its storage (SQLite by default, any RDB URL
 for workers on many hosts). A worker claims a trial only while fewer than ``study.n_trials`` trials
 are finished or running, and the claim (count, then ``study.ask()``) is serialised by a lock file
-beside a SQLite database, so the total is exact; ``MaxTrialsCallback`` only checks after a trial
-ends, which lets two workers that finish together both start one more. (On a server RDB there is
-no shared file to lock, and the total may overshoot by at most the number of workers minus one.)
+beside a SQLite database or a PostgreSQL advisory lock (:func:`storage_lock`), so the total is exact;
+``MaxTrialsCallback`` only checks after a trial ends, which lets two workers that finish together both
+start one more. (Other server RDBs get no lock: there the total may overshoot by at most the number
+of workers minus one.)
 
 A killed worker's RUNNING trial stops sending heartbeats; after ``grace_period`` seconds any worker
 marks it FAIL (``fail_stale_trials``) and re-enqueues its params (``RetryHeartbeatStaleTrialCallback``).
@@ -26,7 +27,7 @@ from typing import Any
 
 from zsclust.errors import ConfigError, ZsclustError
 
-from ._locks import FileLock
+from ._locks import AdvisoryLock, FileLock
 
 __all__ = ["StudyResult", "StudyRunner", "default_storage_url", "open_storage", "TrialsFailingError"]
 
@@ -105,9 +106,19 @@ def open_storage(url: str | None, *, heartbeat_interval: int = 10, grace_period:
                           "postgresql://user@host/db), or leave it unset for mlruns/optuna.db.") from None
 
 
-def storage_lock(url: str | None) -> FileLock:
-    path = _sqlite_path(url or default_storage_url())
-    return FileLock(path.with_name(path.name + ".lock") if path is not None else None)
+def storage_lock(url: str | None):
+    """What serialises workers of one storage: a lock file beside SQLite, an advisory lock on PostgreSQL.
+
+    Study setup (worker count, sampler seed, MLflow parent run) and each trial claim happen under it,
+    so workers never repeat each other and the trial total is exact. Other server RDBs get no lock.
+    """
+    url = url or default_storage_url()
+    path = _sqlite_path(url)
+    if path is not None:
+        return FileLock(path.with_name(path.name + ".lock"))
+    if url.startswith(("postgresql", "postgres:")):
+        return AdvisoryLock(url, "zsclust.optuna")
+    return FileLock(None)
 
 
 def create_sampler(name: str, seed: int | None):
@@ -279,7 +290,7 @@ class StudyRunner:
         from omegaconf import OmegaConf
 
         info = self.study.user_attrs.get("zsclust.mlflow") or {}
-        if info.get("uri") == self.tracker.uri and info.get("experiment") == self.tracker.experiment_name:
+        if info.get("uri") == redact(self.tracker.uri) and info.get("experiment") == self.tracker.experiment_name:
             self.parent_run_id = info["parent_run_id"]
             try:
                 self.tracker.client.update_run(self.parent_run_id, status="RUNNING")
@@ -302,7 +313,7 @@ class StudyRunner:
                                           f"{dim.kind}[{dim.low}, {dim.high}]{' log' if dim.log else ''}")
         self.tracker.log_params(rid, params)
         self.tracker.log_text(rid, OmegaConf.to_yaml(cfg, resolve=True), "tune_config.yaml")
-        self.study.set_user_attr("zsclust.mlflow", {"uri": self.tracker.uri, "experiment": self.tracker.experiment_name,
+        self.study.set_user_attr("zsclust.mlflow", {"uri": redact(self.tracker.uri), "experiment": self.tracker.experiment_name,
                                                     "parent_run_id": rid})
         self.parent_run_id = rid
 
