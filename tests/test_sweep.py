@@ -102,7 +102,8 @@ def swept(tmp_path_factory, tiny_weights):
     os.killpg(first.pid, signal.SIGKILL)  # the sweep and its workers, mid-way
     first_out = first.communicate()[0]
     assert first.returncode == -signal.SIGKILL, f"the sweep ended before it could be killed:\n{first_out}"
-    before = {"finished": _finished(db), "manifests": _manifests(tmp / "cache")}
+    before = {"finished": _finished(db), "manifests": _manifests(tmp / "cache"),
+              "status": run_cli("sweep", config, "--status", cwd=tmp).stdout}
     second = run_cli("sweep", config, "--no-progress", cwd=tmp, env={"ZSCLUST_CACHE_DIR": str(tmp / "cache")})
     return {"tmp": tmp, "config": config, "db": db, "before": before, "first": first_out,
             "second": second.stdout + second.stderr}
@@ -111,6 +112,7 @@ def swept(tmp_path_factory, tiny_weights):
 def test_interrupted_sweep_resumes_and_does_each_job_exactly_once(swept):
     before, out = swept["before"], swept["second"]
     assert 3 <= before["finished"] < 12, swept["first"]
+    assert f"4 cells, 12 jobs: {before['finished']} finished, {12 - before['finished']} to run." in before["status"]
     runs = _job_runs(swept["db"])
     finished = [r for r in runs if r.info.status == "FINISHED"]
     keys = Counter(r.data.tags["zsclust.job"] for r in finished)
@@ -140,6 +142,8 @@ def test_third_run_has_nothing_left(swept):
                    env={"ZSCLUST_CACHE_DIR": str(swept["tmp"] / "cache")})
     assert "0 ran, 12 skipped" in proc.stdout
     assert len([r for r in _job_runs(swept["db"]) if r.info.status == "FINISHED"]) == 12
+    status = run_cli("sweep", swept["config"], "--status", cwd=swept["tmp"]).stdout
+    assert "4 cells, 12 jobs: 12 finished, 0 to run." in status and "test_resnet/toyB:test" in status
 
 
 def test_report_writes_tables_and_scatter_to_a_folder_and_mlflow(swept, monkeypatch):

@@ -201,12 +201,15 @@ def cmd_evaluate(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .config import to_yaml
-    from .sweep import load_sweep_config, run_sweep
+    from .sweep import format_status, load_sweep_config, run_sweep, sweep_status
 
     overrides = [*args.overrides, *(["embed.progress=false"] if args.no_progress else [])]
     cfg = load_sweep_config(args.config, overrides)
     if args.print_config:
         print(to_yaml(cfg))
+        return 0
+    if args.status:
+        print(format_status(sweep_status(cfg)))
         return 0
     summary = run_sweep(cfg, progress=not args.no_progress)
     if summary is None:  # not global zero: this process only helped embed
@@ -308,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sweep.workers=4 embed.devices=4 'encoders=[resnet50.tv_in1k]'")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--status", action="store_true", help="list the cells with their finished and pending jobs, run nothing")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="the study's tables (markdown, CSV, LaTeX) and figures from the MLflow record")

@@ -206,7 +206,11 @@ def make_trainer(options: EmbedOptions, precision: str, callbacks: Sequence = ()
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
     accelerator = resolve_accelerator(options.accelerator)
-    world = (options.devices if isinstance(options.devices, int) else 2) * options.num_nodes
+    if isinstance(options.devices, int) and options.devices > 0:
+        local = options.devices
+    else:  # "auto" / -1: every visible GPU; one process on the CPU
+        local = torch.cuda.device_count() if accelerator == "gpu" else 1
+    world = local * options.num_nodes
     strategy = options.strategy
     if strategy == "auto" and world > 1:
         strategy = "ddp"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -25,6 +24,7 @@ from ..errors import ConfigError, ZsclustError
 from ._config import Cell, expand_cells, shard_cells
 from ._plan import CellPlan, Job, close_orphans, finished_job_keys, plan_cells, sweep_tags
 from ._worker import cluster_job, init_worker, prepare_cell
+
 
 @dataclass
 class SweepSummary:
@@ -56,6 +56,25 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def sweep_status(cfg) -> list[CellPlan]:
+    """Each cell of the sweep (this shard) with its done and pending jobs, from the MLflow record; runs nothing."""
+    from ..jobs import make_tracker
+
+    cells = shard_cells(expand_cells(cfg), cfg.sweep.shard)
+    return plan_cells(cells, finished_job_keys(make_tracker(cfg)))
+
+
+def format_status(plans: list[CellPlan]) -> str:
+    width = max([len(p.cell.label) for p in plans] + [4])
+    lines = [f"{'cell':<{width}}  done  pending", "-" * (width + 15)]
+    for p in plans:
+        lines.append(f"{p.cell.label:<{width}}  {len(p.done):>4}  {len(p.pending):>7}"
+                     + (f"  ({', '.join(j.clusterer + '@' + j.reducer for j in p.pending)})" if p.done and p.pending else ""))
+    done, pending = sum(len(p.done) for p in plans), sum(len(p.pending) for p in plans)
+    lines.append(f"{len(plans)} cells, {done + pending} jobs: {done} finished, {pending} to run.")
+    return "\n".join(lines)
+
+
 def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
     """Run (or finish) the sweep ``cfg`` from :func:`load_sweep_config`; ``None`` on ranks other than 0."""
     from ..jobs import make_tracker
@@ -65,7 +84,6 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
     if not cfg.tracking.enabled:
         raise ConfigError("A sweep records finished jobs in MLflow to skip them on restart; "
                           "set tracking.enabled=true (and tracking.uri for a team server).")
-    _validate_pipelines(cells)
     tracker = make_tracker(cfg)
     rank_zero = is_global_zero()
     if rank_zero:
@@ -73,6 +91,9 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
         if closed:
             print(f"Marked {closed} run(s) KILLED that a killed sweep left RUNNING.")
     plans = plan_cells(cells, finished_job_keys(tracker))
+    todo = [p.cell for p in plans if p.pending]
+    if todo:  # a typo fails now, before any embedding; a finished sweep has nothing to check
+        _validate_pipelines(todo)
     summary = SweepSummary(cfg.sweep.name)
     for plan in plans:
         summary.skipped.extend(plan.done)
@@ -82,8 +103,9 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
         print(f"Sweep '{cfg.sweep.name}'" + (f" shard {cfg.sweep.shard}" if cfg.sweep.shard else "")
               + f": {len(cells)} cells (encoder × dataset × split), "
               f"{n_pending + len(summary.skipped)} jobs, {len(summary.skipped)} already finished; "
-              f"{sum(1 for p in plans if p.pending)} cells to embed or load, {workers or 'no'} clustering "
-              f"worker process(es) × {threads} thread(s). MLflow: {tracker.uri}, experiment '{tracker.experiment_name}'.",
+              f"{sum(1 for p in plans if p.pending)} cells to embed or load; clustering "
+              + (f"in {workers} worker process(es) × {threads} thread(s)" if workers else "in this process")
+              + f". MLflow: {tracker.uri}, experiment '{tracker.experiment_name}'.",
               flush=True)
     pool = _ClusterPool(tracker, summary, workers, threads, n_pending, progress and rank_zero,
                         extra_tags={"zsclust.sweep": cfg.sweep.name, **sweep_tags()})
@@ -366,6 +388,3 @@ def _replay(ops, tracker, extra_tags):
 
     return replay(ops, tracker, extra_tags=extra_tags)
 
-
-def print_summary(summary: SweepSummary, stream=None) -> None:
-    print(summary.format(), file=stream or sys.stdout, flush=True)
