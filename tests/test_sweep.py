@@ -305,3 +305,20 @@ def test_study_configs_compose_into_the_papers_grid():
     _validate_pipelines(cells)  # every distinct reducer/clusterer spec of the grid builds and smoke-fits
     offline = expand_cells(load_sweep_config(REPO / "experiments/study/offline.yaml"))
     assert [c.label for c in offline] == ["tf_efficientnet_lite0.pypi_in1k/digits:test", "raw_pixels/digits:test"]
+
+
+def test_ddp_sweep_embeds_on_two_processes_and_clusters_once(tmp_path, tiny_weights):
+    """embed.devices=2: Lightning relaunches the sweep as rank 1; both ranks embed each cell, rank 0 alone clusters."""
+    write_blurry_folder(tmp_path / "data" / "toyA", classes=3, per_class=20, seed=5)
+    write_blurry_folder(tmp_path / "data" / "toyB", classes=3, per_class=20, seed=6)
+    datasets = f"  - {tmp_path / 'data' / 'toyA'}\n  - {tmp_path / 'data' / 'toyB'}"
+    config = _sweep_yaml(tmp_path, tiny_weights, datasets, extra="evaluation: {umap_silhouette: false}\n")
+    config.write_text(config.read_text().replace("  - raw_pixels\n", "").replace("workers: 2", "workers: 1"))
+    proc = run_cli("sweep", config, "embed.devices=2", "--no-progress", cwd=tmp_path,
+                   env={"ZSCLUST_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.stdout.count("Sweep 'test-grid': 6 jobs: 6 ran, 0 skipped") == 1, proc.stdout + proc.stderr
+    runs = _job_runs(tmp_path / "mlflow.db")
+    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)  # not 12: rank 1 logged nothing
+    assert len(_manifests(tmp_path / "cache")) == 2
+    log = proc.stdout + proc.stderr
+    assert "MEMBER: 2/2" in log and "distributed_backend=gloo" in log, log  # rank 1 joined (and stayed for cell 2)
