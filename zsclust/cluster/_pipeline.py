@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import tempfile
-import warnings
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
