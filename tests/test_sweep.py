@@ -274,6 +274,10 @@ def test_shards_deal_the_grid_out_without_overlap(tmp_path):
     shards = [shard_cells(cells, f"{i}/4") for i in range(4)]
     assert sorted(c.label for s in shards for c in s) == sorted(c.label for c in cells)
     assert [len(s) for s in shards] == [2, 2, 1, 1]
+    subset = expand_cells(load_sweep_config(path, ["datasets=[dtd]", "encoders=[raw_pixels]"]))
+    assert [c.label for c in subset] == ["raw_pixels/dtd:test"]  # a whole list on the command line replaces
+    regrouped = expand_cells(load_sweep_config(path, ["datasets={near-ood: [lsun]}"]))
+    assert {c.dataset for c in regrouped} == {"lsun"} and regrouped[0].group == "near-ood"
     for bad in ("4/4", "1", "a/b"):
         with pytest.raises(ConfigError, match="sweep.shard"):
             shard_cells(cells, bad)

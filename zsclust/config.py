@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .errors import ConfigError
@@ -102,21 +102,32 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"Override '{bad[0]}' must look like key=value, e.g. clusterers.kmeans.n_init=10.")
-    layers.append(OmegaConf.from_dotlist(list(overrides)))
+    # A whole list or mapping given for a top-level key (`datasets=[cifar10,dtd]`) replaces it: a subset
+    # of the grid, not the grid plus these; a dotted key (`clusterers.kmeans.n_init=3`) merges into it.
+    dotlist = OmegaConf.from_dotlist(list(overrides))
+    whole = {k for k in dotlist if isinstance(dotlist[k], (DictConfig, ListConfig))
+             and any(o.split("=", 1)[0].strip() == k for o in overrides)}
     try:
-        cfg = OmegaConf.merge(*layers[:-1])
+        cfg = OmegaConf.merge(*layers)
         # A file that lists its own reducers/clusterers means exactly those, not those plus the
         # defaults; command-line overrides still merge into them key by key.
         if file_layer is not None:
             for key in ("reducers", "clusterers"):
                 if key in file_layer:
                     cfg[key] = file_layer[key]
-        cfg = OmegaConf.merge(cfg, layers[-1])
+        for key in whole:
+            if key not in cfg:
+                raise ConfigKeyError(f"Key '{key}' is not in struct")
+            cfg[key] = dotlist.pop(key)
+        cfg = OmegaConf.merge(cfg, dotlist)
     except ConfigKeyError as e:
-        key = e.full_key or e.key
+        key = e.full_key or e.key or str(e).split("'")[1]
         raise ConfigError(f"Unknown config key '{key}'{_where(path)}. {_valid_keys_hint(str(key), schema)}") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"Invalid config value{_where(path)}: {e.msg if hasattr(e, 'msg') else e}") from None
+    except TypeError as e:  # a list where the config has a mapping, or the other way round
+        raise ConfigError(f"Invalid config value{_where(path)}: {e} (a list where a mapping is expected, "
+                          "or the other way round); give the whole value, e.g. 'datasets=[cifar10,dtd]'.") from None
     return cfg
 
 
