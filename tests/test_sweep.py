@@ -200,6 +200,22 @@ def test_report_on_a_subset_says_what_is_missing(swept, tmp_path, tiny_weights):
     assert missing.count("resnet50.random /") == 6 and "no run" in missing
     assert "raw_pixels /" not in missing
     assert (out / "ami_kmeans.md").read_text().count("resnet50.random") == 0  # rows only for what ran
+    # runs count by their job key: the same names with another seed are not this grid's results
+    other = tmp_path / "other-seed"
+    assert main(["report", str(config), "seed=1", "--out", str(other), "--no-log"]) == 0
+    assert (other / "missing.md").read_text().count(": no run") == 12 and not (other / "ami_kmeans.csv").exists()
+    assert main(["report", str(config), "tracking.experiment=study-tset", "--no-log"]) == 2  # a typo: an error,
+    assert MlflowClient(f"sqlite:///{swept['db']}").get_experiment_by_name("study-tset") is None  # not a new one
+
+
+def test_mean_ranks_rank_what_each_dataset_has():
+    from zsclust.report import mean_ranks
+
+    m = np.array([[0.5, 0.2, np.nan], [0.4, 0.3, 0.9], [np.nan, np.nan, np.nan]])
+    # column 3 has one score: nothing to rank; the third encoder has none at all
+    np.testing.assert_allclose(mean_ranks(m)[:2], [1.5, 1.5])
+    assert np.isnan(mean_ranks(m)[2])
+    np.testing.assert_allclose(mean_ranks(np.array([[0.1, 0.9], [0.1, 0.2], [0.3, 0.1]])), [1.75, 2.25, 2.0])  # ties share 2.5
 
 
 def test_report_compares_tuned_with_default(swept, monkeypatch):
@@ -264,6 +280,21 @@ def test_sweep_config_errors_name_the_item(tmp_path):
     bad.write_text("encoders: [raw_pixels, raw_pixels]\ndatasets: [digits]\n")
     with pytest.raises(ConfigError, match="twice"):
         load_sweep_config(bad)
+
+
+def test_overrides_merge_into_typed_sections_and_includes_may_change_shape(tmp_path):
+    cfg = load_sweep_config(REPO / "experiments/study/offline.yaml",
+                            ["tracking={experiment: other}", "sweep={workers: 3}"])
+    assert cfg.tracking.experiment == "other" and cfg.tracking.plots is True and cfg.sweep.workers == 3
+    inc = tmp_path / "inc.yaml"
+    inc.write_text(f"include: {REPO / 'experiments/study/sweep.yaml'}\ndatasets: [cifar10]\n")
+    cells = expand_cells(load_sweep_config(inc))  # a list where the included file has groups: replaced
+    assert {c.dataset for c in cells} == {"cifar10"} and len(cells) == 12
+    # a subset named on the command line keeps the items' own settings (a subset of the same jobs)
+    sub = expand_cells(load_sweep_config(REPO / "experiments/study/sweep.yaml",
+                                         ["encoders=[resnet50.dino]", "datasets=[celeba]"]))
+    assert [c.label for c in sub] == ["resnet50.dino/celeba:test"] and sub[0].group == "far-ood"
+    assert sub[0].cfg.clusterers.ac_k.linkage == "average" and sub[0].cfg.clusterers.hdbscan.min_cluster_size == 2
 
 
 def test_shards_deal_the_grid_out_without_overlap(tmp_path):

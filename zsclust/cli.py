@@ -238,6 +238,7 @@ def cmd_report(args) -> int:
         uri = uri or cfg.tracking.uri
         experiment = experiment or cfg.tracking.experiment
     experiment = experiment or "zsclust"
+    _require_experiment(uri, experiment)
     tracker = MLflowTracker(uri, experiment)
     out = args.out or os.path.join("reports", experiment)
     result = build_report(tracker, out, experiments=args.tuned_experiment, expected=expected, encoder_order=encoders,
@@ -256,6 +257,22 @@ def cmd_report(args) -> int:
     if result.run_id:
         print(f"Logged as artifacts of MLflow run {result.run_id} ('report ({args.split})').")
     return 0
+
+
+def _require_experiment(uri, name: str) -> None:
+    """A report reads an experiment; a mistyped name must not create an empty one."""
+    from mlflow.tracking import MlflowClient
+
+    from .errors import ConfigError, did_you_mean
+    from .tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(uri)
+    client = MlflowClient(uri)
+    if client.get_experiment_by_name(name) is None:
+        names = [e.name for e in client.search_experiments()]
+        raise ConfigError(f"No MLflow experiment '{name}' in {uri.split('@')[-1]}.{did_you_mean(name, names)} "
+                          f"Experiments there: {', '.join(names) or '(none)'}. Run 'zsclust sweep' first, or pass "
+                          "--experiment / --uri.")
 
 
 def cmd_ui(args) -> int:

@@ -106,7 +106,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     # of the grid, not the grid plus these; a dotted key (`clusterers.kmeans.n_init=3`) merges into it.
     dotlist = OmegaConf.from_dotlist(list(overrides))
     whole = {k for k in dotlist if isinstance(dotlist[k], (DictConfig, ListConfig))
-             and any(o.split("=", 1)[0].strip() == k for o in overrides)}
+             and any(o.split("=", 1)[0].strip() == k for o in overrides) and not _is_section(schema, k)}
     try:
         cfg = OmegaConf.merge(*layers)
         # A file that lists its own reducers/clusterers means exactly those, not those plus the
@@ -154,11 +154,23 @@ def read_yaml(path: str | os.PathLike, _seen: tuple = ()) -> DictConfig:
     parts = [read_yaml(p.parent / str(inc), _seen + (p.resolve(),)) for inc in includes]
     if not parts:
         return node
-    merged = OmegaConf.merge(*parts)
-    for key in ("reducers", "clusterers"):  # a file's own lists replace the included ones
-        if key in node:
-            merged.pop(key, None)
-    return OmegaConf.merge(merged, node)
+    try:
+        merged = OmegaConf.merge(*parts)
+        for key in list(node.keys()):  # a file's own reducers/clusterers, or a list where an include
+            if key in merged and (key in ("reducers", "clusterers")  # has a mapping, replace the included
+                                  or isinstance(node[key], ListConfig) != isinstance(merged[key], ListConfig)):
+                merged.pop(key)
+        return OmegaConf.merge(merged, node)
+    except (OmegaConfBaseException, TypeError) as e:
+        raise ConfigError(f"Config file '{p}' does not merge with what it includes: {e}") from None
+
+
+def _is_section(schema: type, key: str) -> bool:
+    """A typed block of the schema (``tracking``, ``embed``, ...): overrides merge into it, never replace it."""
+    import dataclasses
+    import typing
+
+    return dataclasses.is_dataclass(typing.get_type_hints(schema).get(key))
 
 
 def _where(path) -> str:

@@ -27,10 +27,32 @@ def run_identity(cfg) -> dict:
     """
     from .embed import resolve_precision
 
-    return {"encoder.name": cfg.encoder.name, "encoder.weights": cfg.encoder.weights,
+    return {"encoder.name": cfg.encoder.name, "encoder.weights": _file_digest(cfg.encoder.weights),
             "data.name": cfg.data.name, "data.root": cfg.data.root, "data.split": cfg.data.split,
             "data.seed": cfg.data.seed, "data.skip_corrupt": cfg.data.skip_corrupt,
-            "embed.precision": resolve_precision(cfg.embed.precision, cfg.embed.accelerator)}
+            "embed.precision": resolve_precision(cfg.embed.precision, cfg.embed.accelerator),
+            "evaluation.umap_silhouette": cfg.evaluation.umap_silhouette}
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _file_digest(path: str | None) -> str | None:
+    """A weights file by its content (sha256, memoised per size and mtime): a checkpoint overwritten in
+    place makes new job keys, a copy of the same file elsewhere the same ones."""
+    if not path or not Path(path).is_file():
+        return path
+    import hashlib
+
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _DIGESTS[key] = f"sha256:{h.hexdigest()}"
+    return _DIGESTS[key]
 
 
 def make_pipeline(cfg, context: dict, tracker=None, identity: dict | None = None):

@@ -26,6 +26,7 @@ class ResultRow:
     setup: str  # the study's clusterer setup, from the params: kmeans, ac_k, ac_no_k, ap, hdbscan, spectral
     role: str  # default | tuned
     study: str | None
+    key: str | None  # the run's zsclust.job tag
     metrics: dict[str, float] = field(default_factory=dict)
     start_time: int = 0
 
@@ -55,8 +56,12 @@ def _group(tags: dict, dataset: str) -> str:
         return "other"
 
 
-def collect_rows(client, experiment_ids: list[str]) -> list[ResultRow]:
-    """Every FINISHED clustering run in the experiments, latest per job."""
+def collect_rows(client, experiment_ids: list[str], keys: set[str] | None = None) -> list[ResultRow]:
+    """Every FINISHED clustering run in the experiments, latest per job.
+
+    With ``keys`` (a sweep's job keys), default runs count only when their ``zsclust.job`` is one of
+    them: a run with the same names but other settings (another seed, other weights) is not this grid's.
+    """
     latest: dict[tuple, ResultRow] = {}
     token = None
     while True:
@@ -64,7 +69,9 @@ def collect_rows(client, experiment_ids: list[str]) -> list[ResultRow]:
                                   max_results=5000, page_token=token)
         for run in page:
             row = _row(run)
-            if row is not None and (row.job not in latest or row.start_time > latest[row.job].start_time):
+            if row is None or (keys is not None and row.role == "default" and row.key not in keys):
+                continue
+            if row.job not in latest or row.start_time > latest[row.job].start_time:
                 latest[row.job] = row
         token = page.token
         if not token:
@@ -82,7 +89,7 @@ def _row(run) -> ResultRow | None:
         run_id=run.info.run_id, encoder=tags["encoder"], dataset=dataset, group=_group(tags, dataset),
         split=tags.get("split", params.get("data.split", "?")), reducer=params.get("reducer", "?"),
         clusterer=params["clusterer"], setup=clusterer_setup(params), role="tuned" if tuned else "default",
-        study=tags.get("zsclust.study"), start_time=run.info.start_time or 0,
+        study=tags.get("zsclust.study"), key=tags.get("zsclust.job"), start_time=run.info.start_time or 0,
         metrics={k: v for k, v in metrics.items() if v is not None and not math.isnan(v)},
     )
 

@@ -52,7 +52,8 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
                  log: bool = True) -> ReportResult:
     """Collect rows from ``experiments`` (default: the tracker's), write every table and figure, log them.
 
-    ``expected`` is the grid a sweep should have produced: (encoder, dataset, split, reducer, clusterer).
+    ``expected`` is the grid a sweep should have produced: (encoder, dataset, split, reducer, clusterer,
+    job key), from :func:`expected_from_sweep`; only runs with those keys count.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,8 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
             result.notes.append(f"experiment '{name}' does not exist in {tracker.uri}; left out")
         elif exp.experiment_id not in exp_ids:
             exp_ids.append(exp.experiment_id)
-    rows = [r for r in collect_rows(client, exp_ids) if r.split == split]
+    keys = {job[5] for job in expected if len(job) > 5} if expected else None
+    rows = [r for r in collect_rows(client, exp_ids, keys or None) if r.split == split]
     result.n_rows = len(rows)
     default = [r for r in rows if r.role == "default"]
     tuned = [r for r in rows if r.role == "tuned"]
@@ -75,7 +77,9 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
         result.notes.append(f"no finished clustering runs on the {split} split: run 'zsclust sweep' first")
     reducers = sorted({r.reducer for r in default})
     by_method: dict[str, list[ResultRow]] = {}
-    order = {(red, c): i for i, (*_, red, c) in enumerate(dict.fromkeys(expected or []))}
+    order = {}
+    for job in expected or []:
+        order.setdefault((job[3], job[4]), len(order))
     for r in sorted(default, key=lambda r: (order.get((r.reducer, r.clusterer), len(order)), r.reducer, r.clusterer)):
         by_method.setdefault(_method(r, len(reducers) > 1), []).append(r)
     encoders = [e for e in (encoder_order or []) if any(r.encoder == e for r in default)]
@@ -164,28 +168,38 @@ def _tuned_pairs(default, tuned, metric) -> list[tuple[str, float, float, str]]:
 
 
 def _missing(default, expected, encoders, datasets, by_method, split, tracker, exp_ids) -> list[str]:
-    have = {(r.encoder, r.dataset, r.split, r.reducer, r.clusterer) for r in default}
+    have_names = {(r.encoder, r.dataset, r.split, r.reducer, r.clusterer) for r in default}
+    have_keys = {r.key for r in default}
     if expected is None:  # every seen encoder x dataset x method
         methods = {(r.reducer, r.clusterer) for r in default}
         expected = [(e, d, split, red, c) for e in encoders for d in datasets for red, c in sorted(methods)]
     errors = _failure_reasons(tracker, exp_ids)
     out = []
     for job in expected:
-        if job[2] == split and job not in have:
-            why = errors.get(job)
+        done = job[5] in have_keys if len(job) > 5 else job[:5] in have_names
+        if job[2] == split and not done:
+            why = errors.get(job[5] if len(job) > 5 else job[:5])
             out.append(f"{job[0]} / {job[1]}:{job[2]} / {job[3]} / {job[4]}: "
                        + (f"failed: {why.splitlines()[0][:200]}" if why else "no run"))
     return out
 
 
-def _failure_reasons(tracker, exp_ids) -> dict[tuple, str]:
-    reasons = {}
-    for run in tracker.client.search_runs(exp_ids, filter_string="attributes.status = 'FAILED'", max_results=5000):
-        t, p = run.data.tags, run.data.params
-        if "encoder" in t and "clusterer" in p:
-            reasons[(t["encoder"], t.get("dataset"), t.get("split"), p.get("reducer"), p["clusterer"])] = \
-                t.get("zsclust.error", "failed")
-    return reasons
+def _failure_reasons(tracker, exp_ids) -> dict:
+    """The latest error of each failed job, by its key and by its names."""
+    reasons, token = {}, None
+    while True:
+        page = tracker.client.search_runs(exp_ids, filter_string="attributes.status = 'FAILED'", max_results=5000,
+                                          order_by=["attributes.start_time DESC"], page_token=token)
+        for run in page:
+            t, p = run.data.tags, run.data.params
+            if "encoder" in t and "clusterer" in p:
+                why = t.get("zsclust.error", "failed")
+                reasons.setdefault((t["encoder"], t.get("dataset"), t.get("split"), p.get("reducer"), p["clusterer"]), why)
+                if t.get("zsclust.job"):
+                    reasons.setdefault(t["zsclust.job"], why)
+        token = page.token
+        if not token:
+            return reasons
 
 
 def _log(tracker, out: Path, result: ReportResult, split: str) -> str:
@@ -200,12 +214,13 @@ def _log(tracker, out: Path, result: ReportResult, split: str) -> str:
 
 
 def expected_from_sweep(cfg) -> tuple[list[tuple], list[str], list[str]]:
-    """A sweep config's grid as (encoder, dataset, split, reducer, clusterer) plus its encoder and dataset order."""
-    from ..sweep import expand_cells
+    """A sweep config's grid as (encoder, dataset, split, reducer, clusterer, job key), and its encoder and
+    dataset order. The keys are what ``zsclust sweep`` tags its runs with, so the report counts exactly them."""
+    from ..sweep import expand_cells, plan_cells, shard_cells
 
-    cells = expand_cells(cfg)
-    expected = [(c.encoder, c.dataset, c.split, r, k) for c in cells for r in c.cfg.reducers for k in c.cfg.clusterers]
-    encoders = list(dict.fromkeys(c.encoder for c in cells))
-    datasets = list(dict.fromkeys(c.dataset for c in cells))
+    plans = plan_cells(shard_cells(expand_cells(cfg), None), finished=set())
+    expected = [(p.cell.encoder, p.cell.dataset, p.cell.split, j.reducer, j.clusterer, j.key)
+                for p in plans for j in p.pending]
+    encoders = list(dict.fromkeys(p.cell.encoder for p in plans))
+    datasets = list(dict.fromkeys(p.cell.dataset for p in plans))
     return expected, encoders, datasets
-

@@ -84,15 +84,18 @@ class Table:
 def mean_ranks(matrix: np.ndarray) -> np.ndarray:
     """Rank encoders (rows) within each dataset (column), 1 = best AMI, ties averaged; mean over datasets.
 
-    Columns with a missing value are left out, so every encoder is ranked on the same datasets.
+    Each column ranks the encoders that have a score there (at least two); an encoder's mean is over
+    the columns it was ranked in, so a partial sweep still ranks what it has (the tables show how many
+    datasets each mean covers when that differs).
     """
     from scipy.stats import rankdata
 
-    complete = ~np.isnan(matrix).any(axis=0)
-    if matrix.shape[0] == 0 or not complete.any():
-        return np.full(matrix.shape[0], np.nan)
-    ranks = np.column_stack([rankdata(-matrix[:, j]) for j in np.flatnonzero(complete)])
-    return ranks.mean(axis=1)
+    ranks = np.full(matrix.shape, np.nan)
+    for j in range(matrix.shape[1]):
+        present = ~np.isnan(matrix[:, j])
+        if present.sum() >= 2:
+            ranks[present, j] = rankdata(-matrix[present, j])
+    return _nanmean(ranks)
 
 
 def ami_matrix(rows: list[ResultRow], encoders: list[str], datasets: list[str], metric: str = "ami") -> np.ndarray:
@@ -119,13 +122,16 @@ def method_table(rows: list[ResultRow], method: str, encoders: list[str], datase
         cols = [j for j, d in enumerate(datasets) if groups[d] == g]
         group_means.append(_nanmean(m[:, cols]))
     ranks = mean_ranks(m)
-    columns = [*datasets, *[f"{g} mean" for g in group_names], "mean", "mean rank"]
+    covered = (~np.isnan(m)).sum(axis=1)
+    partial = len(set(covered.tolist())) > 1  # say over how many datasets each mean is taken
+    columns = [*datasets, *[f"{g} mean" for g in group_names], "mean", *(["datasets"] if partial else []), "mean rank"]
     table_rows = []
     for i, e in enumerate(encoders):
-        vals = [*m[i].tolist(), *[gm[i] for gm in group_means], _nanmean(m[i : i + 1, :])[0], ranks[i]]
+        vals = [*m[i].tolist(), *[gm[i] for gm in group_means], _nanmean(m[i : i + 1, :])[0],
+                *([float(covered[i])] if partial else []), ranks[i]]
         table_rows.append((e, [None if (v is None or math.isnan(v)) else float(v) for v in vals]))
     return Table(f"{metric.upper()} per encoder and dataset: {method}", "encoder", columns, table_rows,
-                 lower_is_better={"mean rank"})
+                 lower_is_better={"mean rank"}, counts={"datasets"})
 
 
 def summary_table(rows_by_method: dict[str, list[ResultRow]], encoders: list[str], datasets: list[str],
@@ -139,12 +145,16 @@ def summary_table(rows_by_method: dict[str, list[ResultRow]], encoders: list[str
         all_ranks.append(m)
     stacked = np.concatenate(all_ranks, axis=1) if all_ranks else np.zeros((len(encoders), 0))
     ranks = mean_ranks(stacked)
+    covered = (~np.isnan(stacked)).sum(axis=1)
+    partial = len(set(covered.tolist())) > 1
     table_rows = []
     for i, e in enumerate(encoders):
-        vals = [mm[i] for mm in means] + [_nanmean(stacked[i : i + 1, :])[0], ranks[i]]
+        vals = [mm[i] for mm in means] + [_nanmean(stacked[i : i + 1, :])[0], *([float(covered[i])] if partial else []),
+                                          ranks[i]]
         table_rows.append((e, [None if math.isnan(v) else float(v) for v in vals]))
     return Table(f"Mean {metric.upper()} per encoder and clusterer over the datasets", "encoder",
-                 [*columns, "mean", "mean rank"], table_rows, lower_is_better={"mean rank"})
+                 [*columns, "mean", *(["results"] if partial else []), "mean rank"], table_rows,
+                 lower_is_better={"mean rank"}, counts={"results"})
 
 
 def _nanmean(m: np.ndarray) -> np.ndarray:

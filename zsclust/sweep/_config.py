@@ -56,7 +56,33 @@ class Cell:
 
 
 def load_sweep_config(path: str | os.PathLike | None, overrides=()) -> DictConfig:
+    """The sweep config; ``encoders=[a,b]``/``datasets=[x,y]`` on the command line select from the file's items.
+
+    A bare name that the file lists as an item with settings (weights, per-encoder clusterers, a
+    dataset's group or overrides) keeps them, so a subset runs exactly the jobs of the full grid.
+    """
     cfg = load_config(path, overrides, schema=SweepConfig)
+    picked = {o.split("=", 1)[0].strip() for o in overrides} & {"encoders", "datasets"}
+    if path is not None and picked:
+        in_file = load_config(path, (), schema=SweepConfig)
+        if "encoders" in picked:
+            known = {item["name"]: item for item in _items(in_file.encoders, "encoders", ENCODER_KEYS)}
+            cfg.encoders = [known.get(i, i) if isinstance(i, str) else i for i in to_container(cfg.encoders)]
+        if "datasets" in picked and in_file.datasets is not None:
+            known = {item["name"]: item for item in _dataset_items(in_file.datasets)}
+            value = to_container(cfg.datasets)
+
+            def pick(items, group=None):
+                out = []
+                for i in items:
+                    item = dict(known[i]) if isinstance(i, str) and i in known else i
+                    if group is not None and isinstance(item, dict):
+                        item["group"] = group
+                    out.append(item)
+                return out
+
+            cfg.datasets = ({g: pick(v, g) for g, v in value.items()} if isinstance(value, dict) and "name" not in value
+                            else pick(value if isinstance(value, list) else [value]))
     expand_cells(cfg)  # item errors now, before anything runs
     return cfg
 

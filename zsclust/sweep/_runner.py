@@ -84,13 +84,17 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
     if not cfg.tracking.enabled:
         raise ConfigError("A sweep records finished jobs in MLflow to skip them on restart; "
                           "set tracking.enabled=true (and tracking.uri for a team server).")
-    tracker = make_tracker(cfg)
     rank_zero = is_global_zero()
+    # Several processes embed together (DDP, SLURM, torchrun): all of them must call embed() for the same
+    # cells in the same order, whatever their view of MLflow, so they embed every cell (cached ones are
+    # loaded, not recomputed) and only rank 0 reads MLflow, skips finished jobs and clusters.
+    together = _embeds_in_several_processes(cfg)
+    tracker = make_tracker(cfg) if rank_zero else None
     if rank_zero:
         closed = close_orphans(tracker)
         if closed:
             print(f"Marked {closed} run(s) KILLED that a killed sweep left RUNNING.")
-    plans = plan_cells(cells, finished_job_keys(tracker))
+    plans = plan_cells(cells, finished_job_keys(tracker) if rank_zero else set())
     todo = [p.cell for p in plans if p.pending]
     if todo:  # a typo fails now, before any embedding; a finished sweep has nothing to check
         _validate_pipelines(todo)
@@ -103,14 +107,14 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
         print(f"Sweep '{cfg.sweep.name}'" + (f" shard {cfg.sweep.shard}" if cfg.sweep.shard else "")
               + f": {len(cells)} cells (encoder × dataset × split), "
               f"{n_pending + len(summary.skipped)} jobs, {len(summary.skipped)} already finished; "
-              f"{sum(1 for p in plans if p.pending)} cells to embed or load; clustering "
+              f"{sum(1 for p in plans if p.pending or together)} cells to embed or load; clustering "
               + (f"in {workers} worker process(es) × {threads} thread(s)" if workers else "in this process")
               + f". MLflow: {tracker.uri}, experiment '{tracker.experiment_name}'.",
               flush=True)
     pool = _ClusterPool(tracker, summary, workers, threads, n_pending, progress and rank_zero,
-                        extra_tags={"zsclust.sweep": cfg.sweep.name, **sweep_tags()})
+                        extra_tags={"zsclust.sweep": cfg.sweep.name, **sweep_tags()}, quiet=not rank_zero)
     try:
-        for (enc_name, enc_weights), group in groupby([p for p in plans if p.pending],
+        for (enc_name, enc_weights), group in groupby([p for p in plans if p.pending or together],
                                                       key=lambda p: (p.cell.encoder, p.cell.cfg.encoder.weights)):
             group = list(group)
             try:
@@ -120,8 +124,8 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
                     pool.fail_cell(plan, f"encoder {enc_name}: {_reason(e)}")
                 continue
             for plan in group:
-                emb = _embed_cell(plan, encoder, pool)
-                if emb is not None and rank_zero:
+                emb = _embed_cell(plan, encoder, pool, together)
+                if emb is not None and rank_zero and plan.pending:
                     pool.submit_cell(plan, emb.fingerprint)
             del encoder
         if not rank_zero:
@@ -134,6 +138,13 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
         pool.close()
         summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _embeds_in_several_processes(cfg) -> bool:
+    devices = cfg.embed.devices
+    world = os.environ.get("WORLD_SIZE", "1")
+    return (not is_global_zero() or cfg.embed.num_nodes > 1 or devices in ("auto", -1, "-1")
+            or (isinstance(devices, int) and devices > 1) or (world.isdigit() and int(world) > 1))
 
 
 def _worker_counts(cfg) -> tuple[int, int]:
@@ -180,8 +191,13 @@ def _create_encoder(name, weights):
     return create_encoder(name, weights=weights)
 
 
-def _embed_cell(plan: CellPlan, encoder, pool: "_ClusterPool"):
-    """The cell's embeddings (cached or computed now); ``None`` (with its jobs failed) when they cannot be had."""
+def _embed_cell(plan: CellPlan, encoder, pool: "_ClusterPool", together: bool):
+    """The cell's embeddings (cached or computed now); ``None`` (with its jobs failed) when they cannot be had.
+
+    What fails before embedding (a missing dataset, a job over the memory budget) fails the same way
+    on every rank and only costs this cell. A failure inside a multi-process embedding stops the
+    sweep: the ranks could not agree on which cell comes next. Finished jobs are kept either way.
+    """
     import numpy as np
 
     from ..embed import embed
@@ -196,12 +212,22 @@ def _embed_cell(plan: CellPlan, encoder, pool: "_ClusterPool"):
         for job in [j for j in plan.pending if (j.reducer, j.clusterer) in problems]:
             pool.fail_job(job, problems[(job.reducer, job.clusterer)])
             plan.pending.remove(job)
-        if not plan.pending:
+        if not plan.pending and not together:
             return None
-        return embed(encoder, dataset, options=embed_options(cfg))
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - one dataset failing must not stop the sweep
+        pool.fail_cell(plan, f"embedding {plan.cell.label}: {_reason(e)}")
+        return None
+    try:
+        return embed(encoder, dataset, options=embed_options(cfg))
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001
+        if together:
+            raise ZsclustError(f"embedding {plan.cell.label} failed in a multi-process run ({_reason(e)}); "
+                               "stopping so the processes cannot drift apart. Finished jobs are kept: fix it "
+                               "(or drop the cell) and rerun.") from e
         pool.fail_cell(plan, f"embedding {plan.cell.label}: {_reason(e)}")
         return None
 
@@ -218,13 +244,15 @@ class _ClusterPool:
     """
 
     def __init__(self, tracker, summary: SweepSummary, workers: int, threads: int, total: int, progress: bool,
-                 extra_tags: dict):
+                 extra_tags: dict, quiet: bool = False):
         self.tracker, self.summary = tracker, summary
         self.workers, self.threads = workers, threads
         self.extra_tags = extra_tags
         self.staging_root = tempfile.mkdtemp(prefix="zsclust-sweep-")
         self.executor: ProcessPoolExecutor | None = None
         self.futures: dict[Future, tuple] = {}
+        self.owners: dict[Future, ProcessPoolExecutor | None] = {}  # the pool each future ran in
+        self.quiet = quiet  # ranks other than 0 keep their output to themselves
         self.lock = threading.RLock()
         self.stop = threading.Event()
         self.collector: threading.Thread | None = None
@@ -236,6 +264,8 @@ class _ClusterPool:
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _say(self, line: str) -> None:
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.write(line)
         else:
@@ -266,21 +296,33 @@ class _ClusterPool:
                 "jobs": [(j.reducer, j.clusterer) for j in plan.pending]}
 
     def _submit(self, fn, *args, what: tuple) -> None:
-        with self.lock:
-            if self.workers == 0:  # in this process: the same steps, one at a time
-                future: Future = Future()
-                try:
-                    future.set_result(fn(*args))
-                except Exception as e:  # noqa: BLE001
-                    future.set_exception(e)
-            else:
-                if self.executor is None:
-                    import multiprocessing as mp
+        owner = None
+        if self.workers == 0:  # in this process (the collector thread runs a cell's jobs), outside the lock
+            future: Future = Future()
+            try:
+                future.set_result(fn(*args))
+            except Exception as e:  # noqa: BLE001
+                future.set_exception(e)
+        else:
+            for attempt in (0, 1):  # a pool a dead worker broke takes nothing more: one retry on a new pool
+                with self.lock:
+                    if self.executor is None:
+                        import multiprocessing as mp
 
-                    self.executor = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                                        initializer=init_worker, initargs=(self.threads,))
-                future = self.executor.submit(fn, *args)
+                        self.executor = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                                            initializer=init_worker, initargs=(self.threads,))
+                    owner = self.executor
+                    try:
+                        future = owner.submit(fn, *args)
+                        break
+                    except BrokenProcessPool:
+                        if self.executor is owner:
+                            self.executor = None
+                        if attempt:
+                            raise
+        with self.lock:
             self.futures[future] = what
+            self.owners[future] = owner
             if self.collector is None:
                 self.collector = threading.Thread(target=self._collect, name="zsclust-sweep-collector", daemon=True)
                 self.collector.start()
@@ -312,6 +354,7 @@ class _ClusterPool:
                 finally:  # popped only now, so drain() never sees a gap between a cell and its jobs
                     with self.lock:
                         self.futures.pop(future, None)
+                        self.owners.pop(future, None)
 
     def drain(self) -> None:
         """Wait until every submitted cell and job is finished and written."""
@@ -325,8 +368,9 @@ class _ClusterPool:
         try:
             value = future.result()
         except BrokenProcessPool:
-            with self.lock:
-                self.executor = None  # a worker died (killed, out of memory): a new pool for what is left
+            with self.lock:  # a worker died (killed, out of memory): a new pool for what is left
+                if self.executor is self.owners.get(future):
+                    self.executor = None
             why = "a clustering worker process died (killed, or out of memory?)"
             if kind == "prepare":
                 self.fail_cell(plan, why)
@@ -341,7 +385,13 @@ class _ClusterPool:
                 return
         if kind == "prepare":
             for j in plan.pending:
-                self._submit(cluster_job, spec, (j.reducer, j.clusterer), self.staging_root, what=("job", plan, spec, j))
+                if self.stop.is_set():
+                    return
+                try:
+                    self._submit(cluster_job, spec, (j.reducer, j.clusterer), self.staging_root,
+                                 what=("job", plan, spec, j))
+                except Exception as e:  # noqa: BLE001 - e.g. no pool can be started any more
+                    self.fail_job(j, f"could not start it: {_reason(e)}")
             return
         result, ops, staging = value
         try:

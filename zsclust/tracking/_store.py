@@ -34,18 +34,20 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
 
 ARTIFACT_ROOT_ENV = "ZSCLUST_ARTIFACT_ROOT"
+DATABASE_SCHEMES = ("postgresql", "postgres:", "mysql", "mssql", "oracle")
 
 
 def artifact_root_for(uri: str) -> str | None:
     """Where new experiments keep artifacts: ``$ZSCLUST_ARTIFACT_ROOT``, else beside a SQLite store.
 
-    A tracking server (http) decides for itself. A database URI (``postgresql://...``) written to
-    directly has no folder of its own: MLflow would put artifacts under ``./mlruns`` of whatever
-    directory each worker runs in, so zsclust uses the local store's ``artifacts`` folder and says so;
-    set ``ZSCLUST_ARTIFACT_ROOT`` to a location every worker reaches (a shared path, ``s3://...``).
+    A tracking server (http) or any other store decides for itself. A database URI
+    (``postgresql://...``) written to directly has no folder of its own: MLflow would put artifacts
+    under ``./mlruns`` of whatever directory each worker runs in, so zsclust uses the local store's
+    ``artifacts`` folder and says so; set ``ZSCLUST_ARTIFACT_ROOT`` to a location every worker
+    reaches (a shared path, ``s3://...``).
     """
-    if uri.startswith(("http://", "https://")):
-        return None
+    if not uri.startswith((*DATABASE_SCHEMES, "sqlite:///")):
+        return None  # a server (http), a file store, Databricks...: they decide for themselves
     root = os.environ.get(ARTIFACT_ROOT_ENV)
     if root:
         return root if "://" in root else Path(root).resolve().as_uri()

@@ -106,18 +106,20 @@ def open_storage(url: str | None, *, heartbeat_interval: int = 10, grace_period:
                           "postgresql://user@host/db), or leave it unset for mlruns/optuna.db.") from None
 
 
-def storage_lock(url: str | None):
+def storage_lock(url: str | None, study: str | None = None):
     """What serialises workers of one storage: a lock file beside SQLite, an advisory lock on PostgreSQL.
 
     Study setup (worker count, sampler seed, MLflow parent run) and each trial claim happen under it,
-    so workers never repeat each other and the trial total is exact. Other server RDBs get no lock.
+    so workers never repeat each other and the trial total is exact. On PostgreSQL the lock is per
+    ``study`` (creating the tables takes the storage-wide one), so unrelated studies never wait on
+    each other. Other server RDBs get no lock.
     """
     url = url or default_storage_url()
     path = _sqlite_path(url)
     if path is not None:
         return FileLock(path.with_name(path.name + ".lock"))
     if url.startswith(("postgresql", "postgres:")):
-        return AdvisoryLock(url, "zsclust.optuna")
+        return AdvisoryLock(url, "zsclust.optuna" + (f":{study}" if study else ""))
     return FileLock(None)
 
 
@@ -245,7 +247,7 @@ class StudyRunner:
         s = self.cfg.study
         self.storage = open_storage(self.url, heartbeat_interval=s.heartbeat_interval, grace_period=s.grace_period,
                                     retry_stale=s.retry_stale)
-        self.lock = storage_lock(self.url)
+        self.lock = storage_lock(self.url, s.name)
         grid = self.space.grid() if s.sampler == "grid" else None
         if grid is not None and len(grid) < self.n_trials:
             self.notes.append(f"the grid has {len(grid)} points: n_trials {self.n_trials} -> {len(grid)}")
