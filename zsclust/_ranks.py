@@ -1,4 +1,4 @@
-"""Which process of a multi-process run this is, from the launcher's environment (torch-free)."""
+"""Which process of a multi-process run this is (from the launcher's environment), and its cores; torch-free."""
 
 from __future__ import annotations
 
@@ -15,3 +15,8 @@ def is_global_zero() -> bool:
         if value.isdigit() and int(value) != 0:
             return False
     return True
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a SLURM allocation), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -89,14 +89,13 @@ def run_experiment(cfg):
 
     The pipeline is validated (estimators built, smoke-fitted, memory checked) before any embedding.
     """
-    from .cluster import ClusteringCallback
+    from .cluster import ClusteringCallback, count_classes
     from .embed import embed, resolve_precision
     from .encoders import create_encoder
 
     encoder = create_encoder(cfg.encoder.name, weights=cfg.encoder.weights)
     dataset = make_dataset(cfg, encoder)
-    labels = np.asarray(dataset.labels)
-    n_classes = len(np.unique(labels[labels >= 0])) or None
+    n_classes = count_classes(dataset.labels)
     context = {
         "encoder.name": cfg.encoder.name, "encoder.weights": cfg.encoder.weights,
         "data.name": dataset.name, "data.split": cfg.data.split, "data.seed": cfg.data.seed,
@@ -115,6 +114,7 @@ def run_experiment(cfg):
 
 def cluster_embeddings(cfg, source: str):
     """The same pipeline on an existing cache entry (fingerprint or prefix) or an exported ``.npz``."""
+    from .cluster import count_classes
     from .embed import EmbeddingCache, EmbeddingSet
 
     if source.endswith(".npz") or Path(source).is_file():
@@ -125,8 +125,7 @@ def cluster_embeddings(cfg, source: str):
         fi = emb.meta.get("fingerprint_inputs", {})
         context = {"encoder.name": fi.get("encoder"), "data.name": emb.meta["dataset"]["name"],
                    "data.split": emb.meta["dataset"]["split"], "embed.precision": fi.get("precision")}
-    labels = np.asarray(emb.labels)
-    n_classes = len(np.unique(labels[labels >= 0])) or None
+    n_classes = count_classes(emb.labels)
     pipeline = make_pipeline(cfg, context)
     pipeline.validate(len(emb), int(np.asarray(emb.embeddings).shape[1]), n_classes)
     pipeline.tracker = make_tracker(cfg)

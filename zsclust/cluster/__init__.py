@@ -7,7 +7,7 @@ metrics, the memory guard and the reduction cache.
 """
 
 from zsclust.cluster._cache import ReductionCache
-from zsclust.cluster._pipeline import ClusteringPipeline, JobResult, format_table, job_key, resolve_clusterer_params
+from zsclust.cluster._pipeline import ClusteringPipeline, JobResult, count_classes, format_table, job_key, resolve_clusterer_params
 from zsclust.cluster._clusterers import (
     AffinityPropagationClusterer,
     AgglomerativeClusterer,
@@ -54,6 +54,7 @@ from zsclust.cluster._validation import check_embeddings
 __all__ = [
     "ClusteringPipeline",
     "JobResult",
+    "count_classes",
     "format_table",
     "job_key",
     "resolve_clusterer_params",

@@ -72,6 +72,12 @@ def job_key(identity: Mapping, chain, clusterer_spec: Mapping, seed: int) -> str
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def count_classes(labels) -> int | None:
+    """How many classes the labels hold (negative = unlabelled); ``None`` without labels: K stays unknown."""
+    y = np.asarray(labels)
+    return len(np.unique(y[y >= 0])) or None
+
+
 def resolve_clusterer_params(spec: Mapping, n_classes: int | None, name: str) -> dict:
     """``n_clusters: null`` (or ``"true"``) means the number of classes, the study's K-known setting."""
     params = dict(spec)
@@ -238,7 +244,7 @@ class ClusteringPipeline:
 
         X = check_embeddings(np.asarray(embeddings.embeddings, dtype=np.float32), what="embeddings")
         y = np.asarray(embeddings.labels)
-        n_classes = len(np.unique(y[y >= 0])) if (y >= 0).any() else None
+        n_classes = count_classes(y)
         return X, y, n_classes
 
     def _reduce(self, chain, X, fingerprint) -> tuple[np.ndarray, bool, float]:

@@ -92,7 +92,9 @@ def default_loader_options(accelerator: str, devices, num_nodes: int) -> dict:
     cores one worker made the forward pass 35% slower and the whole run 15% slower than decoding in
     the main process between batches (BENCHMARKS.md). Workers pay off only where cores are plenty.
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from .._ranks import available_cores
+
+    cpus = available_cores()
     if resolve_accelerator(accelerator) == "gpu":
         local = torch.cuda.device_count() if devices in ("auto", -1) else int(devices)
         return {"batch_size": 256, "num_workers": max(1, min(12, cpus // max(1, local) - 1)), "pin_memory": True}

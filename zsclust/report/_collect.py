@@ -62,20 +62,15 @@ def collect_rows(client, experiment_ids: list[str], keys: set[str] | None = None
     With ``keys`` (a sweep's job keys), default runs count only when their ``zsclust.job`` is one of
     them: a run with the same names but other settings (another seed, other weights) is not this grid's.
     """
+    from ..tracking import iter_runs
+
     latest: dict[tuple, ResultRow] = {}
-    token = None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string="attributes.status = 'FINISHED'",
-                                  max_results=5000, page_token=token)
-        for run in page:
-            row = _row(run)
-            if row is None or (keys is not None and row.role == "default" and row.key not in keys):
-                continue
-            if row.job not in latest or row.start_time > latest[row.job].start_time:
-                latest[row.job] = row
-        token = page.token
-        if not token:
-            break
+    for run in iter_runs(client, experiment_ids, "attributes.status = 'FINISHED'"):
+        row = _row(run)
+        if row is None or (keys is not None and row.role == "default" and row.key not in keys):
+            continue
+        if row.job not in latest or row.start_time > latest[row.job].start_time:
+            latest[row.job] = row
     return list(latest.values())
 
 

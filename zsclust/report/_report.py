@@ -186,20 +186,17 @@ def _missing(default, expected, encoders, datasets, by_method, split, tracker, e
 
 def _failure_reasons(tracker, exp_ids) -> dict:
     """The latest error of each failed job, by its key and by its names."""
-    reasons, token = {}, None
-    while True:
-        page = tracker.client.search_runs(exp_ids, filter_string="attributes.status = 'FAILED'", max_results=5000,
-                                          order_by=["attributes.start_time DESC"], page_token=token)
-        for run in page:
-            t, p = run.data.tags, run.data.params
-            if "encoder" in t and "clusterer" in p:
-                why = t.get("zsclust.error", "failed")
-                reasons.setdefault((t["encoder"], t.get("dataset"), t.get("split"), p.get("reducer"), p["clusterer"]), why)
-                if t.get("zsclust.job"):
-                    reasons.setdefault(t["zsclust.job"], why)
-        token = page.token
-        if not token:
-            return reasons
+    from ..tracking import iter_runs
+
+    reasons = {}
+    for run in iter_runs(tracker.client, exp_ids, "attributes.status = 'FAILED'", ["attributes.start_time DESC"]):
+        t, p = run.data.tags, run.data.params
+        if "encoder" in t and "clusterer" in p:
+            why = t.get("zsclust.error", "failed")
+            reasons.setdefault((t["encoder"], t.get("dataset"), t.get("split"), p.get("reducer"), p["clusterer"]), why)
+            if t.get("zsclust.job"):
+                reasons.setdefault(t["zsclust.job"], why)
+    return reasons
 
 
 def _log(tracker, out: Path, result: ReportResult, split: str) -> str:

@@ -84,6 +84,12 @@ def close_orphans(tracker) -> int:
     return closed
 
 
+def _runs(tracker, filter_string: str):
+    from ..tracking import iter_runs
+
+    return iter_runs(tracker.client, [tracker.experiment_id], filter_string)
+
+
 def sweep_tags() -> dict:
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
@@ -99,13 +105,3 @@ def _alive(pid: int) -> bool:
         return True
     return True
 
-
-def _runs(tracker, filter_string: str):
-    token = None
-    while True:
-        page = tracker.client.search_runs([tracker.experiment_id], filter_string=filter_string,
-                                          max_results=5000, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return

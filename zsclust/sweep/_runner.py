@@ -19,7 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from .._ranks import is_global_zero
+from .._ranks import available_cores, is_global_zero
 from ..errors import ConfigError, ZsclustError
 from ._config import Cell, expand_cells, shard_cells
 from ._plan import CellPlan, Job, close_orphans, finished_job_keys, plan_cells, sweep_tags
@@ -50,10 +50,6 @@ class SweepSummary:
         if self.failed:
             lines.append("Failed jobs have no FINISHED run, so rerunning the sweep retries them.")
         return "\n".join(lines)
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def sweep_status(cfg) -> list[CellPlan]:
@@ -198,16 +194,14 @@ def _embed_cell(plan: CellPlan, encoder, pool: "_ClusterPool", together: bool):
     on every rank and only costs this cell. A failure inside a multi-process embedding stops the
     sweep: the ranks could not agree on which cell comes next. Finished jobs are kept either way.
     """
-    import numpy as np
-
+    from ..cluster import count_classes
     from ..embed import embed
     from ..jobs import embed_options, make_dataset, make_pipeline
 
     cfg = plan.cell.cfg
     try:
         dataset = make_dataset(cfg, encoder)
-        labels = np.asarray(dataset.labels)
-        n_classes = len(np.unique(labels[labels >= 0])) or None
+        n_classes = count_classes(dataset.labels)
         problems = make_pipeline(cfg, plan.context).memory_problems(len(dataset), encoder.num_features, n_classes)
         for job in [j for j in plan.pending if (j.reducer, j.clusterer) in problems]:
             pool.fail_job(job, problems[(job.reducer, job.clusterer)])

@@ -86,6 +86,18 @@ class MLflowTracker:
         return f"{self.uri} experiment {self.experiment_id} run {run_id}"
 
 
+def iter_runs(client, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None):
+    """Every run matching ``filter_string``, page after page (``search_runs`` returns at most one page)."""
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=5000,
+                                  order_by=order_by, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 def _first_contact(call, attempts: int = 5):
     """``call()``, retried while another process is creating the store's tables at the same moment.
 

@@ -56,7 +56,7 @@ def evaluate_study(study_name: str, *, storage: str | None = None, overrides=(),
     """Apply the study's best params to the test split of every target; returns the pipeline results."""
     import numpy as np
 
-    from zsclust.cluster import ClusteringPipeline, ReductionCache
+    from zsclust.cluster import ClusteringPipeline, ReductionCache, count_classes
     from zsclust.embed import EmbeddingSet
     from zsclust.jobs import embed_options, make_tracker, reduction_cache_dir
 
@@ -110,8 +110,7 @@ def evaluate_study(study_name: str, *, storage: str | None = None, overrides=(),
                                       reduction_cache=ReductionCache(reduction_cache_dir(cfg)), context=context,
                                       silhouette_sample_size=cfg.evaluation.silhouette_sample_size,
                                       umap_silhouette=cfg.evaluation.umap_silhouette, plots=cfg.tracking.plots)
-        labels = np.asarray(emb.labels)
-        n_classes = len(np.unique(labels[labels >= 0])) or None
+        n_classes = count_classes(emb.labels)
         pipeline.validate(len(emb), int(np.asarray(emb.embeddings).shape[1]), n_classes)
         if tracker is None:
             tracker = make_tracker(tracking_cfg)
