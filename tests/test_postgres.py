@@ -139,11 +139,11 @@ def test_two_workers_share_one_study_on_postgres(postgres_url, tmp_path, monkeyp
         "space": {"reducer": "none",
                   "clusterer": {"name": "agglomerative", "n_clusters": None, "linkage": "ward",
                                 "distance_threshold": {"low": 10.0, "high": 2000.0, "log": True}}},
-        "objective": {"metric": "ami", "silhouette_space": "raw"},
+        "objective": {"metric": "ami"},
         "study": {"name": name, "storage": storage, "n_trials": N_TRIALS, "pruner": "none",
                   "heartbeat_interval": 2, "grace_period": 30},
         "tracking": {"enabled": True, "uri": tracking, "experiment": name},
-        "evaluation": {"umap_silhouette": False},
+        "evaluation": {"silhouette_spaces": ["raw"]},
         "reduction_cache": str(tmp_path / "reductions"),
     }, sort_keys=False))
 

@@ -50,11 +50,8 @@ encoders:
 datasets:
 {datasets}
 embed: {{accelerator: cpu, precision: 32-true, num_workers: 0, progress: false, cache_dir: {tmp / 'cache'}}}
-reducers: {{pca8: [{{name: pca, n_components: 8}}]}}
-clusterers:
-  kmeans: {{name: kmeans, n_clusters: null}}
-  ac_k: {{name: agglomerative, n_clusters: null, linkage: ward}}
-  hdbscan: {{name: hdbscan, min_cluster_size: 4}}
+reducer: {{name: pca, n_components: 8}}
+clusterer: [kmeans, ac_k, {{name: hdbscan, min_cluster_size: 4}}]
 reduction_cache: {tmp / 'reductions'}
 tracking: {{experiment: study-test, uri: "sqlite:///{tmp / 'mlflow.db'}"}}
 sweep: {{name: test-grid, workers: 2}}
@@ -119,7 +116,7 @@ def test_interrupted_sweep_resumes_and_does_each_job_exactly_once(swept):
     assert len(keys) == 12 and set(keys.values()) == {1}, keys  # every job once, none twice
     cells = Counter((r.data.tags["encoder"], r.data.tags["dataset"]) for r in finished)
     assert cells == {(e, d): 3 for e in ENCODERS for d in ("toyA", "toyB")}
-    assert {r.data.params["clusterer"] for r in finished} == set(CLUSTERERS)
+    assert {r.data.params["job"] for r in finished} == set(CLUSTERERS)
     # the restart skipped what was finished and ran only the rest
     assert f"{12 - before['finished']} ran, {before['finished']} skipped" in out, out
     assert "0 failed" in out
@@ -158,7 +155,7 @@ def test_report_writes_tables_and_scatter_to_a_folder_and_mlflow(swept, monkeypa
     assert (out / "silhouette_vs_ami.png").read_bytes()[:4] == b"\x89PNG"
     # the CSV holds the MLflow values: each cell equals its run's AMI
     runs = [r for r in _job_runs(swept["db"]) if r.info.status == "FINISHED"]
-    ami = {(r.data.tags["encoder"], r.data.tags["dataset"], r.data.params["clusterer"]): r.data.metrics["ami"]
+    ami = {(r.data.tags["encoder"], r.data.tags["dataset"], r.data.params["job"]): r.data.metrics["ami"]
            for r in runs}
     lines = (out / "ami_kmeans.csv").read_text().splitlines()
     header = lines[0].split(",")
@@ -177,7 +174,7 @@ def test_report_writes_tables_and_scatter_to_a_folder_and_mlflow(swept, monkeypa
     sp = {l.split(",")[0]: l.split(",")[1] for l in (out / "spearman.csv").read_text().splitlines()[1:]}
     for method in CLUSTERERS:
         pts = [(r.data.metrics["silhouette_umap50"], r.data.metrics["ami"]) for r in runs
-               if r.data.params["clusterer"] == method]
+               if r.data.params["job"] == method]
         expected = spearmanr(*zip(*pts)).statistic
         assert (sp[method] == "" and np.isnan(expected)) or float(sp[method]) == pytest.approx(expected, abs=1e-4)
     assert "Nothing: every expected job" in (out / "missing.md").read_text()
@@ -250,12 +247,12 @@ tracking: {{experiment: study-test-tune, uri: "sqlite:///{swept['db']}"}}
 def test_one_failing_dataset_does_not_stop_the_sweep(tmp_path, tiny_weights, capsys):
     write_blurry_folder(tmp_path / "ok", classes=3, per_class=20, seed=3)
     datasets = f"  - {tmp_path / 'ok'}\n  - {tmp_path / 'no-such-folder'}"
-    config = _sweep_yaml(tmp_path, tiny_weights, datasets, extra="evaluation: {umap_silhouette: false}\n")
+    config = _sweep_yaml(tmp_path, tiny_weights, datasets, extra="evaluation: {silhouette_spaces: [raw]}\n")
     config.write_text(config.read_text().replace("workers: 2", "workers: 0").replace("  - raw_pixels\n", ""))
     assert main(["sweep", str(config), "--no-progress"]) == 1  # some jobs failed
     out = capsys.readouterr().out
     assert "3 ran, 0 skipped (finished before), 3 failed" in out
-    assert out.count("FAILED test_resnet/no-such-folder:test/pca8/") >= 3
+    assert sum(out.count(f"FAILED test_resnet/no-such-folder:test/{c}:") for c in CLUSTERERS) >= 3
     assert "no-such-folder" in out and "neither a registered dataset nor an existing directory" in out
     assert "rerunning the sweep retries them" in out
 
@@ -268,14 +265,14 @@ def test_sweep_config_errors_name_the_item(tmp_path):
     bad.write_text("encoders: [raw_pixels]\ndatasets: [{name: digits, rooot: /x}]\n")
     with pytest.raises(ConfigError, match=r"datasets\[0\] \(digits\) has unknown key\(s\) \['rooot'\]"):
         load_sweep_config(bad)
-    bad.write_text("encoders: [raw_pixels]\ndatasets: [digits]\nclusterers: {km: {name: kmeans}}\n"
+    bad.write_text("encoders: [raw_pixels]\ndatasets: [digits]\nclusterer: {name: kmeans, n_clusters: K}\n"
                    "sweep: {splits: [test]}\n")
     cells = expand_cells(load_sweep_config(bad))
-    assert [c.label for c in cells] == ["raw_pixels/digits:test"] and list(cells[0].cfg.clusterers) == ["km"]
-    bad.write_text("encoders: [{name: raw_pixels, clusterers: {ac: {linkage: average}}}]\ndatasets: [digits]\n"
-                   "clusterers: {km: {name: kmeans}}\n")
-    with pytest.raises(ConfigError, match=r"encoders\[raw_pixels\]\.clusterers\.ac overrides a clusterer the sweep "
-                                          r"does not run; it runs: km"):
+    assert [c.label for c in cells] == ["raw_pixels/digits:test"] and list(cells[0].cfg.jobs) == ["kmeans"]
+    bad.write_text("encoders: [{name: raw_pixels, jobs: {ac: {clusterer: {linkage: average}}}}]\n"
+                   "datasets: [digits]\nclusterer: kmeans\n")
+    with pytest.raises(ConfigError, match=r"encoders\[raw_pixels\]\.jobs\.ac patches a job the sweep does not "
+                                          r"run; it runs: kmeans"):
         load_sweep_config(bad)
     bad.write_text("encoders: [raw_pixels, raw_pixels]\ndatasets: [digits]\n")
     with pytest.raises(ConfigError, match="twice"):
@@ -294,7 +291,8 @@ def test_overrides_merge_into_typed_sections_and_includes_may_change_shape(tmp_p
     sub = expand_cells(load_sweep_config(REPO / "experiments/study/sweep.yaml",
                                          ["encoders=[resnet50.dino]", "datasets=[celeba]"]))
     assert [c.label for c in sub] == ["resnet50.dino/celeba:test"] and sub[0].group == "far-ood"
-    assert sub[0].cfg.clusterers.ac_k.linkage == "average" and sub[0].cfg.clusterers.hdbscan.min_cluster_size == 2
+    jobs = sub[0].cfg.jobs
+    assert jobs.ac_k.clusterer.linkage == "average" and jobs.hdbscan.clusterer.min_cluster_size == 2
 
 
 def test_shards_deal_the_grid_out_without_overlap(tmp_path):
@@ -329,14 +327,14 @@ def test_study_configs_compose_into_the_papers_grid():
     assert Counter(datasets.values()) == {"in-domain": 5, "domain-shift": 4, "near-ood": 3, "fine-grained": 6,
                                           "far-ood": 8}
     assert all(get_dataset_spec(d).group == g for d, g in datasets.items())  # the registry agrees on groups
-    setups = {clusterer_setup({f"clusterer.{k}": str(v) for k, v in spec.items()})
-              for spec in cells[0].cfg.clusterers.values()}
+    setups = {clusterer_setup({f"clusterer.{k}": str(v) for k, v in job.clusterer.items()})
+              for job in cells[0].cfg.jobs.values()}
     assert setups == {"kmeans", "ac_k", "ac_no_k", "ap", "hdbscan", "spectral"}
-    assert cells[0].cfg.reducers.umap50[0] == {"name": "umap", "n_components": 50, "n_neighbors": 30, "min_dist": 0.0}
+    assert cells[0].cfg.jobs.kmeans.reducer == {"name": "umap", "n_components": 50, "n_neighbors": 30, "min_dist": 0.0}
     mae = next(c for c in cells if c.encoder == "vit_base_patch16_224.mae")
-    assert mae.cfg.clusterers.ac_k.metric == "cosine" and mae.cfg.clusterers.ap.damping == 0.6
+    assert mae.cfg.jobs.ac_k.clusterer.metric == "cosine" and mae.cfg.jobs.ap.clusterer.damping == 0.6
     celeba = next(c for c in cells if c.dataset == "celeba")
-    assert celeba.cfg.clusterers.hdbscan.min_cluster_size == 2
+    assert celeba.cfg.jobs.hdbscan.clusterer.min_cluster_size == 2
     _validate_pipelines(cells)  # every distinct reducer/clusterer spec of the grid builds and smoke-fits
     offline = expand_cells(load_sweep_config(REPO / "experiments/study/offline.yaml"))
     assert [c.label for c in offline] == ["tf_efficientnet_lite0.pypi_in1k/digits:test", "raw_pixels/digits:test"]
@@ -347,7 +345,7 @@ def test_ddp_sweep_embeds_on_two_processes_and_clusters_once(tmp_path, tiny_weig
     write_blurry_folder(tmp_path / "data" / "toyA", classes=3, per_class=20, seed=5)
     write_blurry_folder(tmp_path / "data" / "toyB", classes=3, per_class=20, seed=6)
     datasets = f"  - {tmp_path / 'data' / 'toyA'}\n  - {tmp_path / 'data' / 'toyB'}"
-    config = _sweep_yaml(tmp_path, tiny_weights, datasets, extra="evaluation: {umap_silhouette: false}\n")
+    config = _sweep_yaml(tmp_path, tiny_weights, datasets, extra="evaluation: {silhouette_spaces: [raw]}\n")
     config.write_text(config.read_text().replace("  - raw_pixels\n", "").replace("workers: 2", "workers: 1"))
     proc = run_cli("sweep", config, "embed.devices=2", "--no-progress", cwd=tmp_path,
                    env={"ZSCLUST_CACHE_DIR": str(tmp_path / "cache")})

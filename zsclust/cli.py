@@ -41,13 +41,13 @@ def _add_embed_args(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args):
+    """``zsclust embed``'s flags as the one EmbedOptions schema (each flag is the option of the same name)."""
+    import dataclasses
+
     from .embed import EmbedOptions
 
-    return EmbedOptions(
-        accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
-        precision=args.precision, batch_size=args.batch_size, num_workers=args.num_workers,
-        shard_size=args.shard_size, progress=not args.no_progress, cache_dir=args.cache_dir,
-    )
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(EmbedOptions) if hasattr(args, f.name)}
+    return EmbedOptions(**given, progress=not args.no_progress)
 
 
 def cmd_embed(args) -> int:
@@ -124,13 +124,22 @@ def _print_results(results, tracker) -> None:
         print("Open the UI with:  zsclust ui" + ("" if tracker.uri.startswith("sqlite") else f"  (or browse {tracker.uri})"))
 
 
+def _print_config(cfg) -> None:
+    from ._build import describe_jobs, expand_jobs
+    from .config import to_yaml
+
+    print(to_yaml(cfg))
+    jobs = expand_jobs(cfg)
+    print(f"# {len(jobs)} job(s), one MLflow run each:\n" + "\n".join("#" + line for line in describe_jobs(jobs).splitlines()))
+
+
 def cmd_run(args) -> int:
-    from .config import load_config, to_yaml
+    from .config import load_config
     from .jobs import run_experiment
 
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
-        print(to_yaml(cfg))
+        _print_config(cfg)
         return 0
     out = run_experiment(cfg)
     if out is None:  # not global zero
@@ -292,9 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("run", help="embed (or use the cache), then every configured reducer x clusterer, tracked in MLflow")
-    p.add_argument("config", nargs="?", default=None, help="YAML config (see experiments/); defaults if omitted")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. encoder.name=resnet50.tv_in1k clusterers.kmeans.n_init=10")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("config", nargs="?", default=None,
+                   help="YAML config, or the name of one that ships with zsclust (quickstart); defaults if omitted")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. encoder.name=resnet50.tv_in1k clusterer=kmeans "
+                                                 "clusterer.n_init=10")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and its jobs, and exit")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("cluster", help="run the clustering pipeline on a cache entry or an exported .npz")
@@ -305,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="Optuna search on validation splits (one study per encoder x reducer x clusterer), "
                                      "shared by any number of workers, tracked in MLflow")
-    p.add_argument("config", nargs="?", default=None, help="tune YAML (see experiments/tune/); defaults if omitted")
+    p.add_argument("config", nargs="?", default=None,
+                   help="tune YAML, or the name of one that ships with zsclust (tune/default); defaults if omitted")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. space.clusterer=hdbscan study.n_trials=100")
     p.add_argument("--embeddings", action="append", default=[], metavar="NAME=FILE.npz[:WEIGHT]",
                    help="tune on exported val embeddings instead of embedding datasets (repeat for several)")
@@ -324,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="the grid encoders x datasets x clusterers: each cell embedded once, jobs in "
                                       "parallel processes, finished jobs skipped by their MLflow record")
-    p.add_argument("config", help="sweep YAML (see experiments/study/)")
+    p.add_argument("config", help="sweep YAML, or the name of one that ships with zsclust (study/sweep, study/offline)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sweep.workers=4 embed.devices=4 'encoders=[resnet50.tv_in1k]'")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

@@ -4,13 +4,29 @@ metrics, the memory guard and the reduction cache.
 >>> from zsclust.cluster import create_reducer, create_clusterer, score_labels
 >>> reducer = create_reducer(["zscore", {"name": "pca", "n_components": 0.9}])
 >>> clusterer = create_clusterer("hdbscan", min_cluster_size=10)
+
+Every command clusters through :func:`run_job` (one job: reduce, cluster, score).
 """
 
 from zsclust.cluster._cache import ReductionCache
-from zsclust.cluster._pipeline import ClusteringPipeline, JobResult, count_classes, format_table, job_key, resolve_clusterer_params
+from zsclust.cluster._job import (
+    K_KNOWN,
+    SILHOUETTE_KEYS,
+    STUDY_UMAP_NODE,
+    JobData,
+    JobOutput,
+    JobSpec,
+    Scoring,
+    count_classes,
+    job_params,
+    label_free_space,
+    run_job,
+)
+from zsclust.cluster._pipeline import ClusteringPipeline, JobResult, format_table, job_key
 from zsclust.cluster._clusterers import (
     AffinityPropagationClusterer,
     AgglomerativeClusterer,
+    GuardedClusterMixin,
     HDBSCANClusterer,
     ImportedClusterer,
     KMeansClusterer,
@@ -18,6 +34,7 @@ from zsclust.cluster._clusterers import (
     create_clusterer,
     list_clusterers,
     register_clusterer,
+    registered_class,
     registry_defaults,
 )
 from zsclust.cluster._memory import (
@@ -53,16 +70,26 @@ from zsclust.cluster._validation import check_embeddings
 
 __all__ = [
     "ClusteringPipeline",
+    "JobData",
+    "JobOutput",
     "JobResult",
+    "JobSpec",
+    "K_KNOWN",
+    "SILHOUETTE_KEYS",
+    "STUDY_UMAP_NODE",
+    "Scoring",
     "count_classes",
     "format_table",
     "job_key",
-    "resolve_clusterer_params",
+    "job_params",
+    "label_free_space",
+    "run_job",
     "DEFAULT_SILHOUETTE_SAMPLE_SIZE",
     "LABEL_METRICS",
     "STUDY_UMAP",
     "AffinityPropagationClusterer",
     "AgglomerativeClusterer",
+    "GuardedClusterMixin",
     "HDBSCANClusterer",
     "IdentityReducer",
     "ImportedClusterer",
@@ -88,6 +115,7 @@ __all__ = [
     "reducer_key",
     "register_clusterer",
     "register_reducer",
+    "registered_class",
     "registry_defaults",
     "score_embedding",
     "score_labels",

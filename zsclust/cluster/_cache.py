@@ -16,6 +16,9 @@ a digest of 64 evenly spaced rows of ``X`` (as float64, so a float16 -> float32 
 matter); a hit whose rows differ raises :class:`~zsclust.errors.CacheError` instead of returning a
 reduction of other data.
 
+Concurrent processes (tuning workers, sweep workers) that need the same reduction take a per-key
+file lock beside the entry, so it is fitted once and the others read it.
+
 Arrays returned are read-only (hits and misses alike), so that no caller can change a cached
 result in place; copy if you need to write.
 """
@@ -32,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from zsclust._atomic import atomic_save_npy, atomic_write_json
+from zsclust._locks import FileLock
 from zsclust.cluster._reducers import create_reducer, reducer_key
 from zsclust.errors import CacheError, ConfigError, InvalidDataError
 
@@ -107,13 +111,16 @@ class ReductionCache:
             self._check_probe(cached_probe, probe, embedding_fingerprint)
             self._memory.move_to_end(key)
             return cached, True
-        loaded = self._load(key)
-        if loaded is not None:
-            cached, cached_probe = loaded
-            self._check_probe(cached_probe, probe, embedding_fingerprint)
-            self._remember(key, cached, cached_probe)
-            return cached, True
+        with FileLock(self.directory / f".{key}.lock"):  # concurrent processes fit each reduction once
+            loaded = self._load(key)
+            if loaded is not None:
+                cached, cached_probe = loaded
+                self._check_probe(cached_probe, probe, embedding_fingerprint)
+                self._remember(key, cached, cached_probe)
+                return cached, True
+            return self._fit(key, inputs, reducer_spec, X, probe, seed), False
 
+    def _fit(self, key: str, inputs: dict, reducer_spec, X: np.ndarray, probe: str, seed: int) -> np.ndarray:
         reducer = create_reducer(reducer_spec, random_state=int(seed))
         reduced = np.asarray(reducer.fit_transform(X))
         if reduced.ndim != 2 or reduced.shape[0] != X.shape[0]:
@@ -124,7 +131,7 @@ class ReductionCache:
         self._store(key, inputs, reduced, probe)
         reduced.flags.writeable = False
         self._remember(key, reduced, probe)
-        return reduced, False
+        return reduced
 
     @staticmethod
     def _check_probe(cached_probe: str, probe: str, fingerprint: str) -> None:

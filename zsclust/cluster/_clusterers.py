@@ -3,7 +3,7 @@
 Each registered class subclasses the scikit-learn estimator it names and keeps its constructor,
 parameters, attributes and ``_parameter_constraints`` unchanged, so ``clone``, ``get_params``,
 pipelines and ``fit_predict`` behave exactly as in scikit-learn. What the subclass adds is the work
-at the start of ``fit`` (:meth:`_GuardedClusterMixin._prepare_fit`, the same for every clusterer):
+at the start of ``fit`` (:meth:`GuardedClusterMixin._prepare_fit`, the same for every clusterer):
 
 1. parameter validation, raised as :class:`~zsclust.errors.ConfigError`, plus the cross-parameter
    rules scikit-learn only finds deep in ``fit`` (ward needs euclidean, ...);
@@ -36,11 +36,12 @@ import numpy as np
 import sklearn.cluster as skc
 from sklearn.base import BaseEstimator, ClusterMixin
 
-from zsclust.cluster._memory import check_fit_memory
-from zsclust.cluster._validation import _validate_sklearn_params, check_at_most_n, check_embeddings
+from zsclust.cluster._memory import check_fit_memory, register_estimator
+from zsclust.cluster._validation import _validate_sklearn_params, check_at_most_n, check_embeddings, check_param_names
 from zsclust.errors import ConfigError, did_you_mean
 
 __all__ = [
+    "GuardedClusterMixin",
     "AffinityPropagationClusterer",
     "AgglomerativeClusterer",
     "HDBSCANClusterer",
@@ -52,21 +53,25 @@ __all__ = [
     "register_clusterer",
 ]
 
+_F64 = 8  # bytes per float64
+
 _REGISTRY: dict[str, tuple[type, dict[str, Any]]] = {}
 
 
-def register_clusterer(name: str, *, defaults: Mapping[str, Any] | None = None):
+def register_clusterer(name: str, *, defaults: Mapping[str, Any] | None = None,
+                       test_params: Mapping[str, Any] | None = None,
+                       known_answers: Mapping[str, Mapping[str, Any]] | None = None):
     """Class decorator: make ``create_clusterer(name)`` build this class with ``defaults``.
 
-    The contract tests are parametrised over the registry, so a newly registered clusterer is
-    tested without anyone adding a test.
+    The class carries what its tests need, so registering it is all it takes to be tested
+    (:mod:`zsclust.cluster.contract`, parametrised over the registry): ``test_params`` make it
+    sensible on ~60 points, and each of ``known_answers`` (label → params) must recover four
+    well-separated blobs exactly. Its memory estimate is its ``fit_memory`` method.
     """
 
     def deco(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"clusterer {name!r} is already registered")
-        cls._zs_name = name
-        _REGISTRY[name] = (cls, dict(defaults or {}))
+        register_estimator(_REGISTRY, "clusterer", name, cls, defaults, test_params)
+        cls._zs_known_answers = {k: dict(v) for k, v in (known_answers or {"default": {}}).items()}
         return cls
 
     return deco
@@ -82,8 +87,18 @@ def registry_defaults(name: str) -> dict[str, Any]:
     return dict(_resolve_registered(name)[1])
 
 
-class _GuardedClusterMixin:
-    """The checks every zsclust clusterer runs at the start of ``fit``; mixed in before the sklearn class."""
+def registered_class(name: str) -> type:
+    """The class a registered name builds (with its ``_zs_test_params`` and ``_zs_known_answers``)."""
+    return _resolve_registered(name)[0]
+
+
+class GuardedClusterMixin:
+    """The checks every zsclust clusterer runs at the start of ``fit``; mixed in before the sklearn class.
+
+    A clusterer of your own gets the same checks by mixing it in (``class Mine(GuardedClusterMixin,
+    ClusterMixin, BaseEstimator)``, calling ``self._prepare_fit(X)`` first in ``fit``) and defining
+    ``fit_memory``; ``register_clusterer`` then makes it a name in configs and in the contract tests.
+    """
 
     _zs_name: str = ""
 
@@ -120,22 +135,56 @@ class _GuardedClusterMixin:
         tags.input_tags.sparse = False  # embeddings are dense
         return tags
 
+    @classmethod
+    def algorithm(cls) -> type | None:
+        """The scikit-learn class this one wraps (an estimator of it given by import path gets our
+        estimate), or None for one written from scratch."""
+        base = cls.__bases__[-1]
+        return None if base.__module__ == "sklearn.base" else base
 
-@register_clusterer("kmeans", defaults={"n_init": 1, "max_iter": 1000})
-class KMeansClusterer(_GuardedClusterMixin, skc.KMeans):
+
+@register_clusterer("kmeans", defaults={"n_init": 1, "max_iter": 1000},
+                    known_answers={"kmeans": {"n_clusters": 4, "random_state": 0}})
+class KMeansClusterer(GuardedClusterMixin, skc.KMeans):
     """k-means (needs K). Registry defaults follow the study: one k-means++ init, max_iter=1000."""
 
     def _check_against_data(self, n_samples):
         check_at_most_n(self.n_clusters, n_samples, param="n_clusters", owner=self._display_name())
 
+    def fit_memory(self, n: int, d: int) -> tuple[int, str]:
+        k = int(self.get_params().get("n_clusters") or 8)
+        return 2 * n * d * _F64 + n * min(k, 256) * _F64, "k-means (linear in N)"
 
-@register_clusterer("agglomerative", defaults={"linkage": "ward", "metric": "euclidean"})
-class AgglomerativeClusterer(_GuardedClusterMixin, skc.AgglomerativeClustering):
+
+@register_clusterer(
+    "agglomerative", defaults={"linkage": "ward", "metric": "euclidean"},
+    known_answers={
+        "K (ward)": {"n_clusters": 4},
+        "K (average, cosine)": {"n_clusters": 4, "linkage": "average", "metric": "cosine"},
+        "distance_threshold (ward)": {"n_clusters": None, "distance_threshold": 20.0},
+        "distance_threshold (average, l1)": {"n_clusters": None, "distance_threshold": 20.0, "linkage": "average",
+                                             "metric": "l1"},
+    })
+class AgglomerativeClusterer(GuardedClusterMixin, skc.AgglomerativeClustering):
     """Agglomerative clustering with either K (``n_clusters``) or ``distance_threshold`` (K unknown).
 
     Without ``connectivity`` scipy builds an N(N-1)/2 distance matrix (twice), which the memory
     guard accounts for; single linkage with a fast metric needs only linear memory.
     """
+
+    def fit_memory(self, n: int, d: int) -> tuple[int, str]:
+        from sklearn.metrics._dist_metrics import METRIC_MAPPING64
+
+        params = self.get_params(deep=False)
+        inputs = n * d * _F64
+        if params.get("connectivity") is not None:
+            return 4 * inputs, "sparse connectivity"
+        metric = {"l1": "cityblock", "manhattan": "cityblock", "l2": "euclidean"}.get(params.get("metric"),
+                                                                                        params.get("metric"))
+        if params.get("linkage") == "single" and isinstance(metric, str) and metric in METRIC_MAPPING64:
+            return 3 * inputs + n * 4 * _F64, "single-linkage minimum spanning tree"
+        condensed = n * (n - 1) // 2 * _F64  # scipy: condensed pdist, nn_chain's working copy, an isfinite mask
+        return 2 * condensed + condensed // 8 + inputs, "condensed N(N-1)/2 distances, twice"
 
     def _check_params(self):
         name = self._display_name()
@@ -158,10 +207,22 @@ class AgglomerativeClusterer(_GuardedClusterMixin, skc.AgglomerativeClustering):
 @register_clusterer(
     "spectral",
     defaults={"affinity": "nearest_neighbors", "n_neighbors": 10, "assign_labels": "cluster_qr"},
+    test_params={"n_clusters": 3, "n_neighbors": 5},
+    known_answers={"spectral": {"n_clusters": 4, "random_state": 0}},
 )
-class SpectralClusterer(_GuardedClusterMixin, skc.SpectralClustering):
+class SpectralClusterer(GuardedClusterMixin, skc.SpectralClustering):
     """Spectral clustering (needs K). The registry uses a sparse kNN affinity (scikit-learn's default,
     'rbf', is a dense NxN kernel) and cluster_qr label assignment as in the study's code."""
+
+    def fit_memory(self, n: int, d: int) -> tuple[int, str]:
+        params = self.get_params(deep=False)
+        if params.get("affinity") in ("nearest_neighbors", "precomputed_nearest_neighbors"):
+            k = int(params.get("n_neighbors") or 10)
+            n_comp = int(params.get("n_components") or params.get("n_clusters") or 8)
+            # sparse kNN graph, its symmetrised copy and the Laplacian (~20 B per stored entry), plus the
+            # eigensolver's block of vectors
+            return n * k * 20 * 4 + n * n_comp * _F64 * 12 + n * d * _F64, "sparse kNN affinity"
+        return 3 * n * n * _F64 + n * d * _F64, "dense NxN affinity, Laplacian and factorisation"
 
     def _check_against_data(self, n_samples):
         name = self._display_name()
@@ -178,8 +239,9 @@ class SpectralClusterer(_GuardedClusterMixin, skc.SpectralClustering):
             check_at_most_n(self.n_neighbors, n_samples, param="n_neighbors", owner=name)
 
 
-@register_clusterer("affinity_propagation", defaults={"damping": 0.9, "convergence_iter": 15, "max_iter": 1000})
-class AffinityPropagationClusterer(_GuardedClusterMixin, skc.AffinityPropagation):
+@register_clusterer("affinity_propagation", defaults={"damping": 0.9, "convergence_iter": 15, "max_iter": 1000},
+                    known_answers={"affinity_propagation": {"random_state": 0}})
+class AffinityPropagationClusterer(GuardedClusterMixin, skc.AffinityPropagation):
     """Affinity propagation (finds K itself). Holds ~7 NxN float64 matrices: guarded.
 
     Registry damping is 0.9, not scikit-learn's 0.5: at 0.5 the messages oscillate and fail to
@@ -188,17 +250,35 @@ class AffinityPropagationClusterer(_GuardedClusterMixin, skc.AffinityPropagation
     convergence_iter=15 are the study code's defaults.
     """
 
+    def fit_memory(self, n: int, d: int) -> tuple[int, str]:
+        # similarity S, A, R, tmp, and during "remove degeneracies" eps*S+tiny, the normal draws and
+        # their product: 7 NxN float64 at peak (np.median of S copies it too, but earlier)
+        return 7 * n * n * _F64 + n * d * _F64, "7 NxN float64 matrices"
+
 
 @register_clusterer(
     "hdbscan",
     defaults={"min_cluster_size": 5, "min_samples": None, "cluster_selection_method": "eom",
               "metric": "euclidean", "copy": True},
+    test_params={"min_cluster_size": 3},
+    known_answers={"eom": {"min_cluster_size": 10}, "leaf": {"min_cluster_size": 10, "cluster_selection_method": "leaf"}},
 )
-class HDBSCANClusterer(_GuardedClusterMixin, skc.HDBSCAN):
+class HDBSCANClusterer(GuardedClusterMixin, skc.HDBSCAN):
     """HDBSCAN (finds K itself; noise is -1; all points may be noise, which is a valid result).
 
     Non-finite rows are refused like everywhere else (scikit-learn would label them -2/-3).
     """
+
+    def fit_memory(self, n: int, d: int) -> tuple[int, str]:
+        from sklearn.cluster._hdbscan.hdbscan import FAST_METRICS
+
+        params = self.get_params(deep=False)
+        metric = params.get("metric", "euclidean")
+        if params.get("algorithm") == "brute" or metric == "precomputed" or metric not in FAST_METRICS:
+            # pairwise_distances, then the mutual-reachability pass partitions a copy
+            return 2 * n * n * _F64 + n * d * _F64, "dense NxN distances (brute-force HDBSCAN)"
+        k = int(params.get("min_samples") or params.get("min_cluster_size") or 5)
+        return 3 * n * d * _F64 + n * k * 2 * _F64, "tree-based HDBSCAN"
 
     def _check_against_data(self, n_samples):
         name = self._display_name()
@@ -250,7 +330,7 @@ def _init_param_names(cls) -> list[str]:
             if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
 
-class ImportedClusterer(_GuardedClusterMixin, ClusterMixin, BaseEstimator):
+class ImportedClusterer(GuardedClusterMixin, ClusterMixin, BaseEstimator):
     """Any scikit-learn-compatible clusterer given by import path, with zsclust's checks on fit.
 
     Its parameters are ``import_path`` plus the target's own, flat (``n_clusters``, not
@@ -373,22 +453,10 @@ def create_clusterer(name: str | Mapping[str, Any], **params) -> BaseEstimator:
         raise ConfigError(f"A clusterer name must be a non-empty string, got {name!r}.")
     if name in _REGISTRY or not ("." in name or ":" in name):
         cls, defaults = _resolve_registered(name)
-        valid = cls._get_param_names()
-        unknown = sorted(set(params) - set(valid))
-        if unknown:
-            raise ConfigError(
-                f"Invalid parameter(s) {', '.join(unknown)} for clusterer {name!r}. Valid parameters: "
-                f"{', '.join(valid)}.{did_you_mean(unknown[0], valid)}"
-            )
+        check_param_names(params, cls._get_param_names(), kind="clusterer", name=name)
         estimator = cls(**{**defaults, **params})
     else:
-        valid = _init_param_names(_import_class(name))
-        unknown = sorted(set(params) - set(valid))
-        if unknown:
-            raise ConfigError(
-                f"Invalid parameter(s) {', '.join(unknown)} for clusterer {name!r}. Valid parameters: "
-                f"{', '.join(valid)}.{did_you_mean(unknown[0], valid)}"
-            )
+        check_param_names(params, _init_param_names(_import_class(name)), kind="clusterer", name=name)
         estimator = ImportedClusterer(name, **params)
     estimator.validate_config()
     return estimator

@@ -5,8 +5,10 @@ connectivity graph and brute-force HDBSCAN all hold O(N^2) float64 matrices. At 
 hundreds of GiB; numpy would either raise deep inside the fit or, worse, the kernel's OOM killer
 would take the whole process (or machine) down. Every zsclust clusterer calls
 :func:`check_fit_memory` at the start of ``fit`` (one mechanism for the registered estimators and for
-the ones given by import path), which compares :func:`estimate_fit_bytes` with
-:func:`memory_budget` and raises :class:`~zsclust.errors.MemoryGuardError` when it does not fit.
+the ones given by import path), which compares the estimator's own estimate (its ``fit_memory``, see
+:func:`estimate_fit_bytes`) with :func:`memory_budget` and raises
+:class:`~zsclust.errors.MemoryGuardError` when it does not fit. An algorithm nobody estimates is
+reported as unknown, never assumed to be linear.
 
 Environment:
 
@@ -37,8 +39,6 @@ log = logging.getLogger(__name__)
 ENV_LIMIT = "ZSCLUST_MEMORY_LIMIT"
 ENV_SAFETY = "ZSCLUST_MEMORY_SAFETY"
 DEFAULT_SAFETY = 0.8
-
-_F64 = 8  # bytes per float64
 
 _UNITS = {
     "": 1, "b": 1,
@@ -153,57 +153,46 @@ def memory_budget() -> MemoryBudget:
 # ----------------------------------------------------------------------------------- estimates
 
 
-def estimate_fit_bytes(estimator, n_samples: int, n_features: int) -> tuple[int, str]:
+def estimate_fit_bytes(estimator, n_samples: int, n_features: int) -> tuple[int | None, str]:
     """Approximate peak bytes of ``estimator.fit`` on an (n_samples, n_features) array, and why.
 
-    Counts the large arrays each algorithm holds at once (from reading scikit-learn's and scipy's
-    code), plus a float64 copy of the input. Algorithms it does not know are assumed linear in N.
+    The estimator says it itself (``fit_memory``: every registered reducer and clusterer has one); an
+    estimator given by import path is asked through the registered class of the same algorithm
+    (``sklearn.cluster.AffinityPropagation`` → ``affinity_propagation``'s estimate). ``(None, why)``
+    when nothing knows: the guard then says plainly that it cannot check, instead of guessing.
     """
-    import sklearn.cluster as skc
+    own = getattr(estimator, "fit_memory", None)
+    if callable(own):
+        return own(int(n_samples), int(n_features))
+    for cls in _registered_classes():
+        algorithm = cls.algorithm()
+        if algorithm is not None and isinstance(estimator, algorithm):
+            return cls.fit_memory(estimator, int(n_samples), int(n_features))
+    return None, f"{type(estimator).__module__}.{type(estimator).__name__} does not estimate its memory"
 
-    n, d = int(n_samples), int(n_features)
-    square = n * n * _F64
-    condensed = n * (n - 1) // 2 * _F64
-    inputs = n * d * _F64
-    params = estimator.get_params(deep=False) if hasattr(estimator, "get_params") else {}
 
-    if isinstance(estimator, skc.AffinityPropagation):
-        # similarity S, A, R, tmp, and during "remove degeneracies" eps*S+tiny, the normal draws
-        # and their product: 7 NxN float64 at peak (np.median of S copies it too, but earlier).
-        return 7 * square + inputs, "7 NxN float64 matrices"
-    if isinstance(estimator, skc.SpectralClustering):
-        if params.get("affinity") in ("nearest_neighbors", "precomputed_nearest_neighbors"):
-            k = int(params.get("n_neighbors") or 10)
-            n_comp = int(params.get("n_components") or params.get("n_clusters") or 8)
-            # sparse kNN graph, its symmetrised copy and the Laplacian (~20 B per stored entry)
-            # plus the eigensolver's block of vectors
-            return n * k * 20 * 4 + n * n_comp * _F64 * 12 + inputs, "sparse kNN affinity"
-        # dense kernel, its Laplacian and the shift-invert factorisation of arpack
-        return 3 * square + inputs, "dense NxN affinity, Laplacian and factorisation"
-    if isinstance(estimator, skc.AgglomerativeClustering):
-        if params.get("connectivity") is not None:
-            return 4 * inputs, "sparse connectivity"
-        metric = {"l1": "cityblock", "manhattan": "cityblock", "l2": "euclidean"}.get(
-            params.get("metric"), params.get("metric"))
-        from sklearn.metrics._dist_metrics import METRIC_MAPPING64
+_ESTIMATING: list[type] = []  # registered classes, in registration order (register_estimator adds them)
 
-        if params.get("linkage") == "single" and isinstance(metric, str) and metric in METRIC_MAPPING64:
-            return 3 * inputs + n * 4 * _F64, "single-linkage minimum spanning tree"
-        # scipy: condensed pdist, nn_chain's working copy, and an isfinite mask of it
-        return 2 * condensed + condensed // 8 + inputs, "condensed N(N-1)/2 distances, twice"
-    if isinstance(estimator, skc.HDBSCAN):
-        from sklearn.cluster._hdbscan.hdbscan import FAST_METRICS
 
-        metric = params.get("metric", "euclidean")
-        if params.get("algorithm") == "brute" or metric == "precomputed" or metric not in FAST_METRICS:
-            # pairwise_distances, then the mutual-reachability pass partitions a copy
-            return 2 * square + inputs, "dense NxN distances (brute-force HDBSCAN)"
-        k = int(params.get("min_samples") or params.get("min_cluster_size") or 5)
-        return 3 * inputs + n * k * 2 * _F64, "tree-based HDBSCAN"
-    if isinstance(estimator, skc.KMeans):
-        k = int(params.get("n_clusters") or 8)
-        return 2 * inputs + n * min(k, 256) * _F64, "k-means (linear in N)"
-    return 2 * inputs, "unknown algorithm, assumed linear in N"
+def _registered_classes() -> list[type]:
+    return [cls for cls in _ESTIMATING if hasattr(cls, "algorithm")]
+
+
+def register_estimator(registry: dict, kind: str, name: str, cls: type, defaults, test_params) -> type:
+    """What ``register_clusterer`` and ``register_reducer`` share: ``name`` → (``cls``, ``defaults``).
+
+    The class must estimate its own memory (``fit_memory``); that estimate then also serves estimators
+    of ``cls.algorithm()`` given by import path. ``test_params`` are for the contract checks.
+    """
+    if name in registry:
+        raise ValueError(f"{kind} {name!r} is already registered")
+    if not callable(getattr(cls, "fit_memory", None)):
+        raise TypeError(f"{kind} {name!r} must define fit_memory(n_samples, n_features) -> (bytes, why)")
+    cls._zs_name = name
+    cls._zs_test_params = dict(test_params or {})
+    _ESTIMATING.append(cls)
+    registry[name] = (cls, dict(defaults or {}))
+    return cls
 
 
 def _largest_n_that_fits(estimator, n_samples: int, n_features: int, budget: int) -> int:
@@ -217,13 +206,17 @@ def _largest_n_that_fits(estimator, n_samples: int, n_features: int, budget: int
     return lo
 
 
-def check_fit_memory(estimator, n_samples: int, n_features: int, *, name: str | None = None) -> int:
+def check_fit_memory(estimator, n_samples: int, n_features: int, *, name: str | None = None) -> int | None:
     """Raise MemoryGuardError when ``estimator.fit`` on this shape would exceed the budget.
 
-    Returns the estimate in bytes (for logging). Cheap: it allocates nothing.
+    Returns the estimate in bytes (``None``, with a logged warning, when it is unknown). Cheap: it
+    allocates nothing.
     """
     name = name or type(estimator).__name__
     estimate, detail = estimate_fit_bytes(estimator, n_samples, n_features)
+    if estimate is None:
+        log.warning("memory guard: %s's memory use is unknown (%s); not checked at N=%d", name, detail, n_samples)
+        return None
     budget = memory_budget()
     if budget.bytes is None:
         log.debug("memory guard skipped for %s (%s); estimate %s", name, budget.source, format_bytes(estimate))

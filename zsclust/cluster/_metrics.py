@@ -15,9 +15,11 @@
 ``noise_fraction``
     fraction of points labelled -1.
 
-:func:`score_embedding` returns ``silhouette``, ``davies_bouldin``, ``calinski_harabasz`` on the
-non-noise points, each NaN when undefined (fewer than 2 clusters, or every point its own cluster),
-plus ``n_scored`` (points scored) and ``silhouette_sample_size``.
+:func:`score_embedding` returns ``silhouette``, ``davies_bouldin``, ``calinski_harabasz``, each NaN
+when undefined (fewer than 2 clusters, or every point its own cluster), plus ``n_scored`` (points
+scored) and ``silhouette_sample_size``. Noise (-1) is one more label by default, as the study scores
+it (``noise="label"``): a clustering that leaves most points as noise is then judged with them, not
+on the few points it was sure of; ``noise="exclude"`` scores the clustered points only.
 
 Backends. torchmetrics' clustering functions are used where they agree with scikit-learn to 1e-6
 and are not pathologically slow, computed in float64 (they promote integer counts to torch's
@@ -46,7 +48,6 @@ import contextlib
 import math
 import threading
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 
@@ -62,6 +63,7 @@ __all__ = [
 ]
 
 NOISE = -1
+NOISE_POLICIES = ("label", "exclude")
 
 DEFAULT_SILHOUETTE_SAMPLE_SIZE = 10_000
 """Silhouette is O(N^2): above this many (non-noise) points it is computed on a seeded random
@@ -199,13 +201,18 @@ def _silhouette(X: np.ndarray, labels: np.ndarray, *, sample_size, random_state,
     return float(silhouette_score(X, labels, metric=metric))
 
 
-def _prepare_embedding(X, labels_pred, noise_label) -> tuple[np.ndarray, np.ndarray]:
+def _prepare_embedding(X, labels_pred, noise_label, noise: str) -> tuple[np.ndarray, np.ndarray]:
     from zsclust.cluster._validation import check_embeddings
+    from zsclust.errors import ConfigError
 
+    if noise not in NOISE_POLICIES:
+        raise ConfigError(f"evaluation.noise must be one of {', '.join(NOISE_POLICIES)}, got {noise!r}.")
     X = check_embeddings(X, what="score_embedding X", min_samples=1)
     labels = _codes(labels_pred, "labels_pred")
     if labels.size != X.shape[0]:
         raise InvalidDataError(f"X has {X.shape[0]} rows but labels_pred has {labels.size} labels.")
+    if noise == "label":
+        return X, labels
     keep = labels != noise_label
     return X[keep], labels[keep]
 
@@ -218,14 +225,15 @@ def score_embedding(
     random_state=0,
     noise_label: int = NOISE,
     metric: str = "euclidean",
+    noise: str = "label",
 ) -> dict[str, float]:
     """Label-free quality of a clustering of ``X``: silhouette, Davies-Bouldin, Calinski-Harabasz.
 
-    Computed on non-noise points. Silhouette uses a seeded subsample of ``sample_size`` points when
-    there are more (None: all points). A score that is undefined (fewer than 2 clusters, or as many
-    clusters as points) is NaN, not an exception.
+    Noise is one more label, or left out with ``noise="exclude"``. Silhouette uses a seeded
+    subsample of ``sample_size`` points when there are more (None: all points). A score that is
+    undefined (fewer than 2 clusters, or as many clusters as points) is NaN, not an exception.
     """
-    X, labels = _prepare_embedding(X, labels_pred, noise_label)
+    X, labels = _prepare_embedding(X, labels_pred, noise_label, noise)
     n = X.shape[0]
     k = np.unique(labels).size
     out = {"silhouette": math.nan, "davies_bouldin": math.nan, "calinski_harabasz": math.nan,
@@ -248,29 +256,27 @@ def umap_silhouette(
     labels_pred,
     *,
     X_reduced=None,
-    random_state=0,
+    random_state=42,
     sample_size: int | None = DEFAULT_SILHOUETTE_SAMPLE_SIZE,
     noise_label: int = NOISE,
+    noise: str = "label",
     reducer_params: dict | None = None,
-    reduce: Callable | None = None,
 ) -> float:
-    """The study's label-free proxy: silhouette of the clustering in the UMAP-50 space.
+    """The study's label-free proxy: silhouette of the predicted labels in one fixed UMAP-50 space.
 
     The space is UMAP with the study's setting (50-d, n_neighbors=30, min_dist=0; override with
-    ``reducer_params``) fitted on all of ``X`` with ``random_state``. Pass ``X_reduced`` (e.g. the
-    array the clusterer ran on, or one from :class:`~zsclust.cluster.ReductionCache`) to skip the
-    refit; ``reduce`` is an alternative ``X -> X_reduced`` callable. Noise points are left out; NaN
-    when fewer than 2 clusters remain.
+    ``reducer_params``) fitted on all of the original embeddings ``X`` with its own seed
+    (``random_state``, the study's 42), independent of the clustering's reduction, so every
+    clustering of ``X`` is judged in the same space. Pass ``X_reduced`` (that space, e.g. from
+    :class:`~zsclust.cluster.ReductionCache`) to skip the fit. Noise is one more label, as in the
+    study (``noise="exclude"`` leaves it out). NaN when fewer than 2 labels remain.
     """
     if X_reduced is None:
-        if reduce is not None:
-            X_reduced = reduce(X)
-        else:
-            from zsclust.cluster._reducers import STUDY_UMAP, UMAPReducer
+        from zsclust.cluster._reducers import STUDY_UMAP, UMAPReducer
 
-            params = {**STUDY_UMAP, "random_state": random_state, **(reducer_params or {})}
-            X_reduced = UMAPReducer(**params).fit_transform(X)
-    Z, labels = _prepare_embedding(X_reduced, labels_pred, noise_label)
+        params = {**STUDY_UMAP, "random_state": random_state, **(reducer_params or {})}
+        X_reduced = UMAPReducer(**params).fit_transform(X)
+    Z, labels = _prepare_embedding(X_reduced, labels_pred, noise_label, noise)
     return _silhouette(Z, labels, sample_size=sample_size, random_state=random_state)
 
 

@@ -34,7 +34,8 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from zsclust.cluster._validation import _validate_sklearn_params, check_embeddings
+from zsclust.cluster._memory import register_estimator
+from zsclust.cluster._validation import _validate_sklearn_params, check_embeddings, check_param_names
 from zsclust._json import to_jsonable
 from zsclust.errors import ConfigError, InvalidDataError, did_you_mean
 
@@ -60,15 +61,19 @@ _NON_SEMANTIC = frozenset({"copy", "verbose", "n_jobs"})
 _REGISTRY: dict[str, tuple[type, dict[str, Any]]] = {}
 
 
-def register_reducer(name: str, *, defaults: Mapping[str, Any] | None = None):
-    """Class decorator: make ``create_reducer(name)`` build this class with ``defaults``."""
+_F64 = 8  # bytes per float64
+
+
+def register_reducer(name: str, *, defaults: Mapping[str, Any] | None = None,
+                     test_params: Mapping[str, Any] | None = None):
+    """Class decorator: make ``create_reducer(name)`` build this class with ``defaults``.
+
+    As for clusterers, the class carries its memory estimate (``fit_memory``) and the parameters its
+    contract tests use on small data (``test_params``), so registering it is all it takes to be tested.
+    """
 
     def deco(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"reducer {name!r} is already registered")
-        cls._zs_name = name
-        _REGISTRY[name] = (cls, dict(defaults or {}))
-        return cls
+        return register_estimator(_REGISTRY, "reducer", name, cls, defaults, test_params)
 
     return deco
 
@@ -128,6 +133,17 @@ class _CheckedReducerMixin:
         """Check, then transform."""
         return super().transform(self._prepare_transform(X), *args, **kwargs)
 
+    def fit_memory(self, n: int, d: int) -> tuple[int, str]:
+        """Peak bytes of fitting on (n, d): the input as float64 and one output of the same size. Override."""
+        return 2 * n * d * _F64, "an elementwise transform (linear in N)"
+
+    @classmethod
+    def algorithm(cls) -> type | None:
+        """The scikit-learn class this one wraps (an estimator of it given by import path gets our
+        estimate), or None for one written from scratch."""
+        base = cls.__bases__[-1]
+        return None if base.__module__ == "sklearn.base" else base
+
 
 @register_reducer("none")
 class IdentityReducer(_CheckedReducerMixin, TransformerMixin, BaseEstimator):
@@ -165,12 +181,16 @@ class L2Reducer(_CheckedReducerMixin, Normalizer):
     """Scale each embedding to unit L2 norm (euclidean distance then ranks like cosine distance)."""
 
 
-@register_reducer("pca")
+@register_reducer("pca", test_params={"n_components": 3})
 class PCAReducer(_CheckedReducerMixin, PCA):
     """PCA; ``n_components`` an int (dimensions kept) or a float in (0, 1) (variance kept).
 
     An int larger than min(n_samples, n_features) is a ConfigError (see the module docstring).
     """
+
+    def fit_memory(self, n: int, d: int) -> tuple[int, str]:
+        # the centred copy and the SVD's factors (U at most n x min(n, d)), plus Vt
+        return 3 * n * d * _F64 + min(n, d) * d * _F64, "PCA: centred copy and SVD factors (linear in N)"
 
     def _check_against_data(self, n_samples, n_features):
         k = self.n_components
@@ -182,7 +202,7 @@ class PCAReducer(_CheckedReducerMixin, PCA):
             )
 
 
-@register_reducer("umap")
+@register_reducer("umap", test_params={"n_components": 5, "n_neighbors": 10})
 class UMAPReducer(_CheckedReducerMixin, TransformerMixin, BaseEstimator):
     """UMAP (umap-learn), with the study's defaults: 50-d, n_neighbors=30, min_dist=0.
 
@@ -238,6 +258,13 @@ class UMAPReducer(_CheckedReducerMixin, TransformerMixin, BaseEstimator):
                 f"umap: n_components={self.n_components} needs at least {self.n_components + 2} samples "
                 f"for its spectral initialisation, got N={n_samples}. Lower n_components or pass more samples."
             )
+
+    def fit_memory(self, n: int, d: int) -> tuple[int, str]:
+        # input copy, the kNN graph (indices + distances), the fuzzy graph (COO: row, col, value, twice
+        # while symmetrising) and the embedding being optimised
+        k = int(self.n_neighbors)
+        return n * d * _F64 + n * k * 16 + n * k * 2 * 24 + n * int(self.n_components) * _F64, \
+            "UMAP: kNN graph, fuzzy graph and embedding (linear in N)"
 
     def fit(self, X, y=None):
         """Fit UMAP on the checked embeddings. Returns self."""
@@ -312,13 +339,7 @@ def _normalise_spec(spec) -> list[tuple[str, dict[str, Any]]]:
 
 def _build_step(name: str, params: dict[str, Any]):
     cls, defaults = _resolve(name)
-    valid = cls._get_param_names()
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"Invalid parameter(s) {', '.join(unknown)} for reducer {name!r}. Valid parameters: "
-            f"{', '.join(valid) or '(none)'}.{did_you_mean(unknown[0], valid)}"
-        )
+    check_param_names(params, cls._get_param_names(), kind="reducer", name=name)
     est = cls(**{**defaults, **params})
     est.validate_config()
     return est

@@ -86,6 +86,16 @@ def check_at_most_n(value, n_samples: int, *, param: str, owner: str, hint: str 
         )
 
 
+def check_param_names(params, valid, *, kind: str, name: str) -> None:
+    """ConfigError naming the parameters ``name`` (a ``kind``: reducer, clusterer) does not have, and the valid ones."""
+    from zsclust.errors import did_you_mean
+
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ConfigError(f"Invalid parameter(s) {', '.join(unknown)} for {kind} {name!r}. Valid parameters: "
+                          f"{', '.join(valid) or '(none)'}.{did_you_mean(unknown[0], valid)}")
+
+
 def _validate_sklearn_params(estimator, owner: str) -> None:
     """scikit-learn's declared ``_parameter_constraints``, failing as a ConfigError."""
     from sklearn.utils._param_validation import InvalidParameterError

@@ -5,6 +5,7 @@ embeddings without importing torch; the engine's names load torch and Lightning 
 """
 
 from ._cache import CacheEntry, EmbeddingCache, EmbeddingSet, default_cache_dir
+from ._options import EmbedOptions
 
 __all__ = [
     "CacheEntry", "EmbeddingCache", "EmbeddingSet", "EmbedOptions", "EmbeddingModule", "ShardWriter",
@@ -13,7 +14,7 @@ __all__ = [
 ]
 
 _LAZY = {
-    "EmbedOptions": "_engine", "cpu_supports_bf16": "_engine", "embed": "_engine", "resolve_precision": "_engine",
+    "cpu_supports_bf16": "_engine", "embed": "_engine", "resolve_precision": "_engine",
     "fingerprint_digest": "_fingerprint", "fingerprint_inputs": "_fingerprint",
     "EmbeddingModule": "_module", "ShardWriter": "_writer",
 }

@@ -25,7 +25,7 @@ import numpy as np
 
 from .._paths import default_cache_dir
 from .._atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json
-from ..errors import CacheError
+from ..errors import CacheError, InvalidDataError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -53,10 +53,17 @@ class EmbeddingSet:
         return len(self.indices)
 
     def export_npz(self, path: str | os.PathLike) -> Path:
-        """Write ``embeddings``, ``labels`` and ``indices`` (and ``skipped``) to one ``.npz`` file, atomically."""
+        """Write the arrays and where they came from to one ``.npz`` file, atomically.
+
+        Besides ``embeddings``, ``labels``, ``indices`` and ``skipped``, ``meta`` holds the provenance as
+        JSON (encoder, weights digest, dataset, split, class names, fingerprint and its inputs), so a
+        run on the file is named and tagged after what made it.
+        """
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+        keep = ("fingerprint", "fingerprint_inputs", "encoder", "dataset", "zsclust_version", "created", "num_skipped")
+        provenance = json.dumps({k: self.meta[k] for k in keep if k in self.meta}, default=str)
         atomic_write_bytes(
             path,
             lambda f: np.savez(
@@ -66,26 +73,76 @@ class EmbeddingSet:
                 indices=np.asarray(self.indices),
                 skipped=np.asarray(self.skipped),
                 fingerprint=np.asarray(self.fingerprint),
+                meta=np.asarray(provenance),
             ),
         )
         return path
 
     @classmethod
-    def from_npz(cls, path: str | os.PathLike) -> "EmbeddingSet":
-        """Read an exported ``.npz`` (ours, or any with ``embeddings`` and optionally ``labels``/``indices``)."""
+    def from_npz(cls, path: str | os.PathLike, *, labels: bool = True) -> "EmbeddingSet":
+        """Read an exported ``.npz`` (ours, or any with ``embeddings`` and optionally ``labels``/``indices``).
+
+        Every array is checked on load (shape, dtype, lengths), and the error names the file and the
+        array. A file without a stored fingerprint is keyed by its content, so re-exporting different
+        embeddings to the same path never reuses reductions of the old ones. With ``labels=False`` the
+        labels are not even read (a label-free search): every label is -1.
+        """
+        import zipfile
+
         path = Path(path)
         if not path.is_file():
             raise CacheError(f"Embedding file '{path}' does not exist. Export one with 'zsclust embed --export'.")
-        with np.load(path, allow_pickle=False) as z:
-            if "embeddings" not in z:
-                raise CacheError(f"'{path}' has no 'embeddings' array (it has: {', '.join(z.files)}).")
-            emb = z["embeddings"]
+        try:
+            z = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise CacheError(f"'{path}' is not a NumPy .npz archive ({e}). Export embeddings with "
+                             "'zsclust embed --export FILE.npz' or numpy.savez(FILE, embeddings=..., labels=...).") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise CacheError(f"'{path}' holds a single array, not an .npz archive with an 'embeddings' array.")
+        with z:
+            if "embeddings" not in z.files:
+                raise CacheError(f"'{path}' has no 'embeddings' array (it has: {', '.join(z.files) or 'nothing'}).")
+            emb = _checked(z, "embeddings", path, ndim=2, kinds="fiu")
             n = len(emb)
-            labels = z["labels"] if "labels" in z else np.full(n, -1, dtype=np.int64)
-            indices = z["indices"] if "indices" in z else np.arange(n, dtype=np.int64)
-            skipped = z["skipped"] if "skipped" in z else np.zeros(0, dtype=np.int64)
-            fp = str(z["fingerprint"]) if "fingerprint" in z else f"npz:{path.resolve()}"
-        return cls(emb, labels, indices, skipped, {"fingerprint": fp, "source": str(path)})
+            labels = _checked(z, "labels", path, ndim=1, kinds="iu", n=n) if labels and "labels" in z.files \
+                else np.full(n, -1, dtype=np.int64)
+            indices = _checked(z, "indices", path, ndim=1, kinds="iu", n=n) if "indices" in z.files \
+                else np.arange(n, dtype=np.int64)
+            skipped = _checked(z, "skipped", path, ndim=1, kinds="iu") if "skipped" in z.files \
+                else np.zeros(0, dtype=np.int64)
+            meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+            fp = str(z["fingerprint"]) if "fingerprint" in z.files else None
+        meta["fingerprint"] = fp or meta.get("fingerprint") or "npz-" + _content_digest(emb)
+        meta["source"] = str(path)
+        return cls(emb, labels, indices, skipped, meta)
+
+
+def _checked(z, name: str, path: Path, *, ndim: int, kinds: str, n: int | None = None) -> np.ndarray:
+    """One array of an ``.npz`` with the shape and dtype it must have, or an InvalidDataError naming both."""
+    try:
+        a = z[name]
+    except (ValueError, OSError) as e:  # an object array (allow_pickle=False), a truncated member
+        raise InvalidDataError(f"'{path}': cannot read array '{name}': {e}") from None
+    what = {"fiu": "numbers", "iu": "integers"}[kinds]
+    if a.ndim != ndim or a.dtype.kind not in kinds:
+        shape = "(N, D)" if ndim == 2 else "(N,)"
+        raise InvalidDataError(f"'{path}': array '{name}' must be {ndim}-D {what} of shape {shape}, got shape "
+                               f"{a.shape} and dtype {a.dtype}.")
+    if n is not None and len(a) != n:
+        raise InvalidDataError(f"'{path}': array '{name}' has {len(a)} entries but 'embeddings' has {n} rows; they "
+                               "must match one to one.")
+    return a
+
+
+def _content_digest(*arrays: np.ndarray) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.data)
+    return h.hexdigest()[:32]
 
 
 class CacheEntry:

@@ -7,59 +7,18 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from .. import __version__
-from ..errors import ConfigError
 from ._cache import EmbeddingCache, EmbeddingSet
 from ._fingerprint import fingerprint_digest, fingerprint_inputs
 from ._module import EmbeddingModule
+from ._options import EmbedOptions
 from ._optimize import fold_batchnorm
 from ._writer import ShardWriter
-
-PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-
-
-@dataclass
-class EmbedOptions:
-    """How to run the embedding (not what: that is the encoder and the dataset)."""
-
-    accelerator: str = "auto"
-    devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "auto"
-    batch_size: int | None = None
-    num_workers: int | None = None
-    shard_size: int = 4096
-    channels_last: bool = True
-    fold_batchnorm: bool = True  # fold eval-mode BN into the preceding conv (outputs checked unchanged)
-    progress: bool = True
-    cache_dir: str | None = None
-    trainer_kwargs: dict = field(default_factory=dict)
-
-    def validate(self) -> None:
-        if self.accelerator not in ACCELERATORS:
-            raise ConfigError(f"accelerator '{self.accelerator}' is not one of {', '.join(ACCELERATORS)}.")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision '{self.precision}' is not one of {', '.join(PRECISIONS)}.")
-        for name in ("num_nodes", "shard_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}.")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ConfigError(f"num_workers must be 0 or more, got {self.num_workers}.")
-        if isinstance(self.devices, int) and self.devices < 1:
-            raise ConfigError(f"devices must be at least 1 (or 'auto'), got {self.devices}.")
-        if self.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-            raise ConfigError("accelerator 'gpu' was asked for, but no CUDA device is visible. Use --accelerator cpu.")
-
 
 def resolve_accelerator(accelerator: str) -> str:
     if accelerator == "auto":
@@ -234,7 +193,3 @@ def make_trainer(options: EmbedOptions, precision: str, callbacks: Sequence = ()
     )
     kwargs.update(options.trainer_kwargs)
     return pl.Trainer(**kwargs)
-
-
-def options_dict(options: EmbedOptions) -> dict:
-    return asdict(options)

@@ -21,8 +21,8 @@ class ResultRow:
     dataset: str
     group: str
     split: str
-    reducer: str
-    clusterer: str  # the configured name (``kmeans``, ``ac_k``, ...; a tuned run: its study's family)
+    method: str  # the job's label (``kmeans``, ``ac_k``, ...; a tuned run: its study's clusterer family)
+    reducer: str  # the job's reducer (``umap``, ``pca``, ...): it may differ per encoder within a method
     setup: str  # the study's clusterer setup, from the params: kmeans, ac_k, ac_no_k, ap, hdbscan, spectral
     role: str  # default | tuned
     study: str | None
@@ -31,8 +31,8 @@ class ResultRow:
     start_time: int = 0
 
     @property
-    def job(self) -> tuple:
-        return (self.encoder, self.dataset, self.split, self.reducer, self.clusterer, self.role, self.study)
+    def identity(self) -> tuple:
+        return (self.encoder, self.dataset, self.split, self.method, self.role, self.study)
 
 
 def clusterer_setup(params: dict) -> str:
@@ -69,21 +69,21 @@ def collect_rows(client, experiment_ids: list[str], keys: set[str] | None = None
         row = _row(run)
         if row is None or (keys is not None and row.role == "default" and row.key not in keys):
             continue
-        if row.job not in latest or row.start_time > latest[row.job].start_time:
-            latest[row.job] = row
+        if row.identity not in latest or row.start_time > latest[row.identity].start_time:
+            latest[row.identity] = row
     return list(latest.values())
 
 
 def _row(run) -> ResultRow | None:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    if "encoder" not in tags or "dataset" not in tags or "clusterer" not in params:
+    if "encoder" not in tags or "dataset" not in tags or "job" not in params:
         return None  # a study parent, a report, anything but a clustering job
     dataset = tags["dataset"]
     tuned = tags.get("zsclust.role") == "evaluate"
     return ResultRow(
         run_id=run.info.run_id, encoder=tags["encoder"], dataset=dataset, group=_group(tags, dataset),
-        split=tags.get("split", params.get("data.split", "?")), reducer=params.get("reducer", "?"),
-        clusterer=params["clusterer"], setup=clusterer_setup(params), role="tuned" if tuned else "default",
+        split=tags.get("split", params.get("data.split", "?")), method=params["job"],
+        reducer=params.get("reducer.name", "?"), setup=clusterer_setup(params), role="tuned" if tuned else "default",
         study=tags.get("zsclust.study"), key=tags.get("zsclust.job"), start_time=run.info.start_time or 0,
         metrics={k: v for k, v in metrics.items() if v is not None and not math.isnan(v)},
     )

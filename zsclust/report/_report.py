@@ -52,8 +52,8 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
                  log: bool = True) -> ReportResult:
     """Collect rows from ``experiments`` (default: the tracker's), write every table and figure, log them.
 
-    ``expected`` is the grid a sweep should have produced: (encoder, dataset, split, reducer, clusterer,
-    job key), from :func:`expected_from_sweep`; only runs with those keys count.
+    ``expected`` is the grid a sweep should have produced: (encoder, dataset, split, job label, job key),
+    from :func:`expected_from_sweep`; only runs with those keys count.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,7 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
             result.notes.append(f"experiment '{name}' does not exist in {tracker.uri}; left out")
         elif exp.experiment_id not in exp_ids:
             exp_ids.append(exp.experiment_id)
-    keys = {job[5] for job in expected if len(job) > 5} if expected else None
+    keys = {job[4] for job in expected if len(job) > 4} if expected else None
     rows = [r for r in collect_rows(client, exp_ids, keys or None) if r.split == split]
     result.n_rows = len(rows)
     default = [r for r in rows if r.role == "default"]
@@ -75,13 +75,12 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
 
     if not default:
         result.notes.append(f"no finished clustering runs on the {split} split: run 'zsclust sweep' first")
-    reducers = sorted({r.reducer for r in default})
     by_method: dict[str, list[ResultRow]] = {}
     order = {}
     for job in expected or []:
-        order.setdefault((job[3], job[4]), len(order))
-    for r in sorted(default, key=lambda r: (order.get((r.reducer, r.clusterer), len(order)), r.reducer, r.clusterer)):
-        by_method.setdefault(_method(r, len(reducers) > 1), []).append(r)
+        order.setdefault(job[3], len(order))
+    for r in sorted(default, key=lambda r: (order.get(r.method, len(order)), r.method)):
+        by_method.setdefault(r.method, []).append(r)
     encoders = [e for e in (encoder_order or []) if any(r.encoder == e for r in default)]
     encoders += sorted({r.encoder for r in default} - set(encoders))
     datasets, groups = dataset_order(default, dataset_order_hint)
@@ -92,7 +91,9 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
                                                     result)]
     for method, mrows in by_method.items():
         stem = _slug(method)
-        title = f"{method} ({SETUP_LABELS.get(mrows[0].setup, mrows[0].setup)}, {mrows[0].reducer})"
+        reducers = sorted({r.reducer for r in mrows})
+        title = (f"{method} ({SETUP_LABELS.get(mrows[0].setup, mrows[0].setup)}, "
+                 f"{reducers[0] if len(reducers) == 1 else 'reduction per encoder'})")
         table = method_table(mrows, title, encoders, datasets, groups, metric)
         sections += [f"## {title}", "", _write_table(out, f"{metric}_{stem}", table, result)]
         png = plot_heatmap(ami_matrix(mrows, encoders, datasets, metric), encoders, datasets,
@@ -120,7 +121,7 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
         sections += ["## Silhouette (UMAP) vs AMI", "", _write_table(out, "spearman", sp, result),
                      f"![silhouette vs AMI]({png.name})", ""]
     elif default:
-        result.notes.append(f"no run has {SILHOUETTE_KEY} (evaluation.umap_silhouette=false?): no scatter plot")
+        result.notes.append(f"no run has {SILHOUETTE_KEY} (evaluation.silhouette_spaces without umap50?): no scatter plot")
 
     # -- tuned vs default ----------------------------------------------------------------------
     pairs = _tuned_pairs(default, tuned, metric)
@@ -149,10 +150,6 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
     return result
 
 
-def _method(r: ResultRow, several_reducers: bool) -> str:
-    return f"{r.clusterer}@{r.reducer}" if several_reducers else r.clusterer
-
-
 def _tuned_pairs(default, tuned, metric) -> list[tuple[str, float, float, str]]:
     base: dict[tuple, float] = {}
     for r in default:  # the first reducer seen stands for the setup
@@ -168,18 +165,18 @@ def _tuned_pairs(default, tuned, metric) -> list[tuple[str, float, float, str]]:
 
 
 def _missing(default, expected, encoders, datasets, by_method, split, tracker, exp_ids) -> list[str]:
-    have_names = {(r.encoder, r.dataset, r.split, r.reducer, r.clusterer) for r in default}
+    have_names = {(r.encoder, r.dataset, r.split, r.method) for r in default}
     have_keys = {r.key for r in default}
     if expected is None:  # every seen encoder x dataset x method
-        methods = {(r.reducer, r.clusterer) for r in default}
-        expected = [(e, d, split, red, c) for e in encoders for d in datasets for red, c in sorted(methods)]
+        methods = {r.method for r in default}
+        expected = [(e, d, split, m) for e in encoders for d in datasets for m in sorted(methods)]
     errors = _failure_reasons(tracker, exp_ids)
     out = []
     for job in expected:
-        done = job[5] in have_keys if len(job) > 5 else job[:5] in have_names
+        done = job[4] in have_keys if len(job) > 4 else job[:4] in have_names
         if job[2] == split and not done:
-            why = errors.get(job[5] if len(job) > 5 else job[:5])
-            out.append(f"{job[0]} / {job[1]}:{job[2]} / {job[3]} / {job[4]}: "
+            why = errors.get(job[4] if len(job) > 4 else job[:4])
+            out.append(f"{job[0]} / {job[1]}:{job[2]} / {job[3]}: "
                        + (f"failed: {why.splitlines()[0][:200]}" if why else "no run"))
     return out
 
@@ -191,9 +188,9 @@ def _failure_reasons(tracker, exp_ids) -> dict:
     reasons = {}
     for run in iter_runs(tracker.client, exp_ids, "attributes.status = 'FAILED'", ["attributes.start_time DESC"]):
         t, p = run.data.tags, run.data.params
-        if "encoder" in t and "clusterer" in p:
+        if "encoder" in t and "job" in p:
             why = t.get("zsclust.error", "failed")
-            reasons.setdefault((t["encoder"], t.get("dataset"), t.get("split"), p.get("reducer"), p["clusterer"]), why)
+            reasons.setdefault((t["encoder"], t.get("dataset"), t.get("split"), p["job"]), why)
             if t.get("zsclust.job"):
                 reasons.setdefault(t["zsclust.job"], why)
     return reasons
@@ -211,12 +208,12 @@ def _log(tracker, out: Path, result: ReportResult, split: str) -> str:
 
 
 def expected_from_sweep(cfg) -> tuple[list[tuple], list[str], list[str]]:
-    """A sweep config's grid as (encoder, dataset, split, reducer, clusterer, job key), and its encoder and
-    dataset order. The keys are what ``zsclust sweep`` tags its runs with, so the report counts exactly them."""
+    """A sweep config's grid as (encoder, dataset, split, job label, job key), and its encoder and dataset
+    order. The keys are what ``zsclust sweep`` tags its runs with, so the report counts exactly them."""
     from ..sweep import expand_cells, plan_cells, shard_cells
 
     plans = plan_cells(shard_cells(expand_cells(cfg), None), finished=set())
-    expected = [(p.cell.encoder, p.cell.dataset, p.cell.split, j.reducer, j.clusterer, j.key)
+    expected = [(p.cell.encoder, p.cell.dataset, p.cell.split, j.name, j.key)
                 for p in plans for j in p.pending]
     encoders = list(dict.fromkeys(p.cell.encoder for p in plans))
     datasets = list(dict.fromkeys(p.cell.dataset for p in plans))

@@ -1,25 +1,30 @@
 """A sweep config: the run config's settings, plus lists of encoders and datasets to cross.
 
-``encoders`` is a list of names (or ``{name, weights, reducers, clusterers}`` with per-encoder
-overrides); ``datasets`` a list, or a mapping group → list, of names (or ``{name, root, download, seed,
-skip_corrupt, group, reducers, clusterers}``). Every other key is a :class:`~zsclust.config.RunConfig`
-setting that applies to every cell: ``embed``, ``reducers``, ``clusterers``, ``tracking``, ...
+``encoders`` is a list of names (or ``{name, weights, jobs}`` with per-encoder ``jobs`` patches);
+``datasets`` a list, or a mapping group → list, of names (or ``{name, root, download, seed,
+skip_corrupt, group, jobs}``). Every other key is a :class:`~zsclust.config.RunConfig` setting that
+applies to every cell: ``embed``, ``reducer``, ``clusterer``, ``jobs``, ``tracking``, ...
+
+A ``jobs`` patch maps a job label to ``{reducer: ..., clusterer: ...}`` (a patch of the job's node,
+a whole node, or a choice name; ``null`` drops the job for that item), exactly as in a run config.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..config import RunConfig, load_config, to_container
+from .._build import expand_jobs, patched_node
+from ..config import RunConfig, choice_dirs, load_config, merge_config, to_container
 from ..errors import ConfigError
 
-ENCODER_KEYS = {"name", "weights", "reducers", "clusterers"}
-DATASET_KEYS = {"name", "root", "download", "seed", "skip_corrupt", "group", "reducers", "clusterers"}
+ENCODER_KEYS = {"name", "weights", "jobs"}
+DATASET_KEYS = {"name", "root", "download", "seed", "skip_corrupt", "group", "jobs"}
 
 
 @dataclass
@@ -33,7 +38,9 @@ class SweepSettings:
 
 @dataclass
 class SweepConfig(RunConfig):
-    """A grid: every encoder × dataset × split is embedded once, then every reducer × clusterer runs on it."""
+    """A grid: every encoder × dataset × split is embedded once, then every job runs on it."""
+
+    REPLACE: ClassVar[tuple[str, ...]] = ("encoders", "datasets")
 
     encoders: list[Any] = field(default_factory=lambda: ["tf_efficientnet_lite0.pypi_in1k"])
     datasets: Any = None  # a list, or group -> list (a list default could not merge with a mapping)
@@ -130,8 +137,10 @@ def expand_cells(cfg: DictConfig) -> list[Cell]:
     splits = list(cfg.sweep.splits)
     if not splits:
         raise ConfigError("sweep.splits is empty; use [test] (or [val] to score validation splits).")
-    base = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k not in ("encoders", "datasets", "sweep")])
-    schema = OmegaConf.structured(RunConfig)
+    base = merge_config(OmegaConf.structured(RunConfig),
+                        OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k not in ("encoders", "datasets", "sweep")]))
+    jobs = {j.label: {"reducer": dict(j.reducer), "clusterer": dict(j.clusterer)} for j in expand_jobs(base)}
+    base.reducer, base.clusterer, base.overrides = None, None, {}
     cells, seen = [], set()
     for enc in encoders:
         for ds in datasets:
@@ -141,7 +150,7 @@ def expand_cells(cfg: DictConfig) -> list[Cell]:
                     raise ConfigError(f"The sweep lists {enc['name']} × {ds['name']}:{split} twice; "
                                       "each cell must be unique.")
                 seen.add(key)
-                cells.append(_cell(schema, base, enc, ds, split))
+                cells.append(_cell(base, jobs, enc, ds, split))
     return cells
 
 
@@ -158,10 +167,9 @@ def shard_cells(cells: list[Cell], shard: str | None) -> list[Cell]:
     return cells[i::n]
 
 
-def _cell(schema, base, enc: dict, ds: dict, split: str) -> Cell:
-    cfg = OmegaConf.merge(schema, base)
-    for key in ("reducers", "clusterers"):  # the sweep's own lists, not those plus the schema's defaults
-        cfg[key] = base[key]
+def _cell(base, jobs: dict, enc: dict, ds: dict, split: str) -> Cell:
+    """One cell's RunConfig: its encoder and dataset, and every job written out in full (items' patches applied)."""
+    cfg = copy.deepcopy(base)
     cfg.encoder.name = enc["name"]
     if "weights" in enc:
         cfg.encoder.weights = enc["weights"]
@@ -170,16 +178,22 @@ def _cell(schema, base, enc: dict, ds: dict, split: str) -> Cell:
     for key in ("root", "download", "seed", "skip_corrupt"):
         if key in ds:
             cfg.data[key] = ds[key]
+    cell_jobs = copy.deepcopy(jobs)
+    dirs = choice_dirs(base)
     for source, where in ((enc, f"encoders[{enc['name']}]"), (ds, f"datasets[{ds['name']}]")):
-        for key in ("reducers", "clusterers"):
-            for name, override in (source.get(key) or {}).items():
-                if name not in cfg[key]:
-                    raise ConfigError(f"{where}.{key}.{name} overrides a {key[:-1]} the sweep does not run; "
-                                      f"it runs: {', '.join(cfg[key].keys())}.")
-                if isinstance(override, dict) and isinstance(cfg[key][name], DictConfig):
-                    cfg[key][name] = OmegaConf.merge(cfg[key][name], override)
-                else:
-                    cfg[key][name] = override
+        for label, patch in (source.get("jobs") or {}).items():
+            if label not in cell_jobs and patch is not None:
+                raise ConfigError(f"{where}.jobs.{label} patches a job the sweep does not run; it runs: "
+                                  f"{', '.join(cell_jobs)}.")
+            if patch is None:
+                cell_jobs.pop(label, None)
+                continue
+            for node, value in patch.items():
+                if node not in cell_jobs[label]:
+                    raise ConfigError(f"{where}.jobs.{label}: '{node}' is not a job node; use reducer or clusterer.")
+                cell_jobs[label][node] = patched_node(cell_jobs[label][node], value, node, dirs,
+                                                      f"{where}.jobs.{label}.{node}")
+    cfg.jobs = cell_jobs
     return Cell(enc["name"], display_name(ds["name"]), split, ds.get("group"), cfg)
 
 

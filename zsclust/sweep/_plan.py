@@ -21,13 +21,12 @@ PID_TAG = "zsclust.sweep.pid"
 @dataclass
 class Job:
     cell: Cell
-    reducer: str
-    clusterer: str
+    name: str  # the job's label in the cell (``kmeans``, ``ac_k``, ...)
     key: str
 
     @property
     def label(self) -> str:
-        return f"{self.cell.label}/{self.reducer}/{self.clusterer}"
+        return f"{self.cell.label}/{self.name}"
 
 
 @dataclass
@@ -41,20 +40,16 @@ class CellPlan:
 
 def plan_cells(cells: list[Cell], finished: set[str]) -> list[CellPlan]:
     """Each cell's jobs split into done (a FINISHED run has its key) and pending."""
-    from ..jobs import make_pipeline, run_identity
+    from .._build import make_pipeline, run_context, run_identity
 
     plans = []
     for cell in cells:
         identity = run_identity(cell.cfg)
-        context = {"encoder.name": cell.encoder, "encoder.weights": cell.cfg.encoder.weights,
-                   "data.name": cell.dataset, "data.split": cell.split, "data.seed": cell.cfg.data.seed,
-                   "embed.precision": identity["embed.precision"]}
-        if cell.group:
-            context["data.group"] = cell.group
+        context = run_context(cell.cfg, dataset_name=cell.dataset, group=cell.group)
         pipeline = make_pipeline(cell.cfg, context, identity=identity)
         plan = CellPlan(cell, context, identity)
-        for rname, cname in pipeline.jobs:
-            job = Job(cell, rname, cname, pipeline.job_key(rname, cname))
+        for label in pipeline.jobs:
+            job = Job(cell, label, pipeline.job_key(label))
             (plan.done if job.key in finished else plan.pending).append(job)
         plans.append(plan)
     return plans

@@ -54,7 +54,7 @@ class SweepSummary:
 
 def sweep_status(cfg) -> list[CellPlan]:
     """Each cell of the sweep (this shard) with its done and pending jobs, from the MLflow record; runs nothing."""
-    from ..jobs import make_tracker
+    from .._build import make_tracker
 
     cells = shard_cells(expand_cells(cfg), cfg.sweep.shard)
     return plan_cells(cells, finished_job_keys(make_tracker(cfg)))
@@ -65,7 +65,7 @@ def format_status(plans: list[CellPlan]) -> str:
     lines = [f"{'cell':<{width}}  done  pending", "-" * (width + 15)]
     for p in plans:
         lines.append(f"{p.cell.label:<{width}}  {len(p.done):>4}  {len(p.pending):>7}"
-                     + (f"  ({', '.join(j.clusterer + '@' + j.reducer for j in p.pending)})" if p.done and p.pending else ""))
+                     + (f"  ({', '.join(j.name for j in p.pending)})" if p.done and p.pending else ""))
     done, pending = sum(len(p.done) for p in plans), sum(len(p.pending) for p in plans)
     lines.append(f"{len(plans)} cells, {done + pending} jobs: {done} finished, {pending} to run.")
     return "\n".join(lines)
@@ -73,7 +73,7 @@ def format_status(plans: list[CellPlan]) -> str:
 
 def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
     """Run (or finish) the sweep ``cfg`` from :func:`load_sweep_config`; ``None`` on ranks other than 0."""
-    from ..jobs import make_tracker
+    from .._build import make_tracker
 
     start = time.perf_counter()
     cells = shard_cells(expand_cells(cfg), cfg.sweep.shard)
@@ -154,31 +154,24 @@ def _worker_counts(cfg) -> tuple[int, int]:
 
 
 def _validate_pipelines(cells: list[Cell]) -> None:
-    """Smoke-fit every distinct reducer and clusterer of the grid once: a typo stops the sweep before any embedding.
+    """Smoke-fit every distinct job of the grid once: a typo stops the sweep before any embedding.
 
-    Distinct specs (per-encoder or per-dataset overrides make more) are gathered into one pipeline, so
-    each reduction is fitted once and each clusterer spec smoke-fitted once on it.
+    Per-encoder or per-dataset patches make several variants of a job; each distinct one is checked
+    once, labelled by the first cell that has it.
     """
     import json
 
+    from .._build import expand_jobs
     from .._json import to_jsonable
-    from ..cluster import ClusteringPipeline
-    from ..config import to_container
+    from ..cluster import ClusteringPipeline, JobSpec
 
-    specs: dict[str, dict] = {"reducers": {}, "clusterers": {}}
+    found: dict[str, JobSpec] = {}
     for cell in cells:
-        for kind, found in specs.items():
-            for name, spec in to_container(cell.cfg[kind]).items():
-                found.setdefault((name, json.dumps(to_jsonable(spec), sort_keys=True)), (spec, cell.label))
-    named = {}
-    for kind, found in specs.items():  # a name with several specs is labelled by the first cell that has each
-        counts = {}
-        for name, _ in found:
-            counts[name] = counts.get(name, 0) + 1
-        named[kind] = {(name if counts[name] == 1 else f"{name} (as {where} has it)"): spec
-                       for (name, _), (spec, where) in found.items()}
-    pipeline = ClusteringPipeline(named["reducers"], named["clusterers"], seed=cells[0].cfg.seed)
-    pipeline.validate(1000, 128, None, memory=False)
+        for job in expand_jobs(cell.cfg):
+            key = json.dumps(to_jsonable([job.reducer, job.clusterer]), sort_keys=True)
+            if key not in found:
+                found[key] = JobSpec(f"{job.label} (as {cell.label} has it)", job.reducer, job.clusterer)
+    ClusteringPipeline(list(found.values()), seed=cells[0].cfg.seed).validate(1000, 128, None, memory=False)
 
 
 def _create_encoder(name, weights):
@@ -194,17 +187,17 @@ def _embed_cell(plan: CellPlan, encoder, pool: "_ClusterPool", together: bool):
     on every rank and only costs this cell. A failure inside a multi-process embedding stops the
     sweep: the ranks could not agree on which cell comes next. Finished jobs are kept either way.
     """
+    from .._build import embed_options, make_dataset, make_pipeline
     from ..cluster import count_classes
     from ..embed import embed
-    from ..jobs import embed_options, make_dataset, make_pipeline
 
     cfg = plan.cell.cfg
     try:
         dataset = make_dataset(cfg, encoder)
         n_classes = count_classes(dataset.labels)
         problems = make_pipeline(cfg, plan.context).memory_problems(len(dataset), encoder.num_features, n_classes)
-        for job in [j for j in plan.pending if (j.reducer, j.clusterer) in problems]:
-            pool.fail_job(job, problems[(job.reducer, job.clusterer)])
+        for job in [j for j in plan.pending if j.name in problems]:
+            pool.fail_job(job, problems[job.name])
             plan.pending.remove(job)
         if not plan.pending and not together:
             return None
@@ -287,7 +280,7 @@ class _ClusterPool:
 
         return {"cfg": to_container(plan.cell.cfg), "context": plan.context, "identity": plan.identity,
                 "fingerprint": fingerprint, "cache_dir": plan.cell.cfg.embed.cache_dir,
-                "jobs": [(j.reducer, j.clusterer) for j in plan.pending]}
+                "jobs": [j.name for j in plan.pending]}
 
     def _submit(self, fn, *args, what: tuple) -> None:
         owner = None
@@ -382,8 +375,7 @@ class _ClusterPool:
                 if self.stop.is_set():
                     return
                 try:
-                    self._submit(cluster_job, spec, (j.reducer, j.clusterer), self.staging_root,
-                                 what=("job", plan, spec, j))
+                    self._submit(cluster_job, spec, j.name, self.staging_root, what=("job", plan, spec, j))
                 except Exception as e:  # noqa: BLE001 - e.g. no pool can be started any more
                     self.fail_job(j, f"could not start it: {_reason(e)}")
             return

@@ -21,7 +21,7 @@ def init_worker(threads: int) -> None:
 def _pipeline(spec: dict, tracker=None):
     from omegaconf import OmegaConf
 
-    from ..jobs import make_pipeline
+    from .._build import make_pipeline
 
     cfg = OmegaConf.create(spec["cfg"])
     return make_pipeline(cfg, spec["context"], tracker=tracker, identity=spec["identity"])
@@ -33,13 +33,13 @@ def _embeddings(spec: dict):
     return EmbeddingCache(spec["cache_dir"]).load(spec["fingerprint"])
 
 
-def prepare_cell(spec: dict) -> float:
-    """Fit the reductions of a cell's pending jobs into the reduction cache; returns seconds."""
-    return _pipeline(spec).prepare(_embeddings(spec), jobs=spec["jobs"])
+def prepare_cell(spec: dict) -> None:
+    """Fit the reductions of a cell's pending jobs (and its shared spaces) into the reduction cache."""
+    _pipeline(spec).prepare(_embeddings(spec), jobs=spec["jobs"])
 
 
-def cluster_job(spec: dict, job: tuple[str, str], staging_root: str) -> tuple:
-    """Run one (reducer, clusterer) job; returns (JobResult without predictions, recorded calls, staging dir)."""
+def cluster_job(spec: dict, job: str, staging_root: str) -> tuple:
+    """Run one job (by label); returns (JobResult without predictions, recorded calls, staging dir)."""
     from ..tracking import RecordingTracker
 
     staging = tempfile.mkdtemp(prefix="job-", dir=staging_root)

@@ -2,15 +2,14 @@
 shared by any number of workers and tracked in MLflow.
 
 >>> from zsclust.tune import load_tune_config
->>> cfgs = load_tune_config("experiments/tune/default.yaml", ["space.clusterer=hdbscan"])
+>>> cfgs = load_tune_config("tune/default", ["space.clusterer=hdbscan"])
 >>> from zsclust.jobs import tune
 >>> results = tune(cfgs)            # one StudyResult per study
 """
 
 from zsclust.tune._config import TuneConfig, load_space_group, load_tune_config, parse_embeddings
 from zsclust.tune._evaluate import EvaluationResult, evaluate_study, load_study_config
-from zsclust.tune._objective import LABEL_METRICS as LABEL_READING_METRICS
-from zsclust.tune._objective import Objective, ValidationSet, load_validation_sets, silhouette_key
+from zsclust.tune._objective import Objective, ValidationSet, load_validation_sets, reads_labels
 from zsclust.tune._space import K_KNOWN, Dimension, SearchSpace
 from zsclust.tune._study import (
     StudyResult,
@@ -24,7 +23,6 @@ __all__ = [
     "Dimension",
     "EvaluationResult",
     "K_KNOWN",
-    "LABEL_READING_METRICS",
     "Objective",
     "SearchSpace",
     "StudyResult",
@@ -40,5 +38,5 @@ __all__ = [
     "load_validation_sets",
     "open_storage",
     "parse_embeddings",
-    "silhouette_key",
+    "reads_labels",
 ]

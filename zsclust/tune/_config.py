@@ -1,9 +1,13 @@
 """The ``zsclust tune`` config: validation sets, a search space, the objective and the study.
 
-Schema defaults ← YAML file ← ``--embeddings`` ← dotted overrides, as for ``zsclust run``. The
-search space is composed from config groups: ``space.clusterer: agglomerative`` loads
-``experiments/tune/space/clusterer/agglomerative.yaml`` into ``space.clusterer`` (a mapping given
-inline is used as is). A list of group names gives one study per reducer × clusterer family.
+Loaded by the same loader as every config (:func:`zsclust.config.load_config`): schema defaults ←
+YAML file (``include:`` works) ← ``--embeddings`` ← dotted overrides. The search space is composed
+from config groups: ``space.clusterer: agglomerative`` loads ``space/clusterer/agglomerative.yaml``
+from the first folder that has it (``study.space_dir``, whose ``reducer/`` and ``clusterer/`` hold
+choices; the config's own folder; ``$ZSCLUST_CONFIG_PATH``; the spaces that ship with zsclust). A
+mapping given inline is used as is. A list of choices gives one study per reducer × clusterer
+family. Overrides below a space node (``space.clusterer.linkage={choices: [ward]}``) apply to each
+resolved space, after the choice is loaded.
 """
 
 from __future__ import annotations
@@ -13,17 +17,15 @@ import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from zsclust.config import EmbedConfig, EncoderConfig, EvalConfig, TrackingConfig
+from zsclust.config import (EncoderConfig, EvalConfig, TrackingConfig, apply_overrides, load_config, read_yaml,
+                            search_path, to_container)
+from zsclust.embed._options import EmbedOptions
 from zsclust.errors import ConfigError, did_you_mean
 
-REPO_SPACE_DIR = Path(__file__).resolve().parents[2] / "experiments" / "tune" / "space"
-METRICS = ("ami", "ari", "nmi", "silhouette")
-SILHOUETTE_SPACES = ("umap50", "reduced", "raw", "none")
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "none")
 
@@ -45,8 +47,9 @@ class ValidationData:
 
 @dataclass
 class ObjectiveConfig:
-    metric: str = "ami"  # ami | ari | nmi (val labels) | silhouette (label-free)
-    silhouette_space: str = "umap50"  # the study's UMAP-50 space; reduced | raw | none
+    # A job metric to maximise, named as in every run: ami | ari | nmi | ... (read the val labels), or
+    # silhouette_umap50 (the study's label-free proxy) | silhouette_reduced | silhouette (read none).
+    metric: str = "ami"
     report_ami: bool = False  # label-free search: also compute AMI on val, for analysis only
 
 
@@ -84,20 +87,22 @@ def _default_space() -> dict:
 class TuneConfig:
     """Everything ``zsclust tune`` does: embed the val splits once, then one Optuna study per space."""
 
+    REPLACE: ClassVar[tuple[str, ...]] = ("datasets", "space")
+    NODES: ClassVar[tuple[str, ...]] = ("space.reducer", "space.clusterer")
+
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     datasets: dict[str, ValidationData] = field(default_factory=_default_datasets)
     space: dict[str, Any] = field(default_factory=_default_space)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    embed: EmbedOptions = field(default_factory=EmbedOptions)
     seed: int = 0
     reduction_cache: Optional[str] = None  # None: <embedding cache>/../reductions
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="zsclust-tune"))
     evaluation: EvalConfig = field(default_factory=EvalConfig)
-
-
-REPLACED = ("datasets", "space")  # a file that lists these means exactly those, not those plus the defaults
+    overrides: dict[str, Any] = field(default_factory=dict)  # command-line settings inside the space nodes
+    search_path: list[str] = field(default_factory=list)
 
 
 def parse_embeddings(items) -> dict[str, dict]:
@@ -121,54 +126,25 @@ def parse_embeddings(items) -> dict[str, dict]:
     return out
 
 
-def _merge(layers, path=None, replace=True):
-    """Merge config layers; with ``replace`` a layer's ``datasets``/``space`` replace the earlier ones."""
-    try:
-        cfg = layers[0]
-        for layer in layers[1:]:
-            replaced = {k: layer[k] for k in REPLACED if k in layer} if replace else {}
-            cfg = OmegaConf.merge(cfg, layer)
-            for key, value in replaced.items():
-                cfg[key] = value
-        return cfg
-    except ConfigKeyError as e:
-        key = str(e.full_key or e.key)
-        parent = key.rsplit(".", 1)[0] if "." in key else ""
-        node = OmegaConf.structured(TuneConfig)
-        sub = OmegaConf.select(node, parent) if parent else node
-        names = list(sub.keys()) if isinstance(sub, DictConfig) else []
-        raise ConfigError(f"Unknown config key '{key}'{f' in {path}' if path else ''}."
-                          f"{did_you_mean(key.rsplit('.', 1)[-1], names)} Valid keys"
-                          f"{' under ' + parent if parent else ''}: {', '.join(names)}.") from None
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"Invalid tune config value{f' in {path}' if path else ''}: {getattr(e, 'msg', e)}") from None
+def space_dirs(cfg) -> list[tuple[Path, str]]:
+    """(folder, subfolder) pairs searched for a space group's choices, first match wins."""
+    dirs = [(Path(cfg.study.space_dir).expanduser(), "")] if cfg.study.space_dir else []
+    return dirs + [(d, "space") for d in search_path(*(cfg.search_path or []))]
 
 
-def _space_dirs(cfg, path) -> list[Path]:
-    dirs = []
-    if cfg.study.space_dir:
-        dirs.append(Path(cfg.study.space_dir).expanduser())
-    if path is not None:
-        dirs.append(Path(path).resolve().parent / "space")
-    dirs.append(REPO_SPACE_DIR)
-    return dirs
-
-
-def load_space_group(group: str, name: str, dirs: list[Path]) -> dict:
-    """``experiments/tune/space/<group>/<name>.yaml`` (first folder that has it) as a plain dict."""
-    for d in dirs:
-        f = d / group / f"{name}.yaml"
+def load_space_group(group: str, name: str, cfg) -> dict:
+    """A search space choice (``space/<group>/<name>.yaml``) as a plain dict."""
+    pairs = space_dirs(cfg)
+    for d, sub in pairs:
+        f = d / sub / group / f"{name}.yaml"
         if f.is_file():
-            try:
-                node = OmegaConf.to_container(OmegaConf.load(f), resolve=True)
-            except Exception as e:
-                raise ConfigError(f"Search space file '{f}' is not valid YAML: {e}") from None
+            node = to_container(read_yaml(f))
             if not isinstance(node, dict):
                 raise ConfigError(f"Search space file '{f}' must hold a mapping ({group} name and parameters).")
             return node
-    known = sorted({p.stem for d in dirs if (d / group).is_dir() for p in (d / group).glob("*.yaml")})
+    known = sorted({p.stem for d, sub in pairs if (d / sub / group).is_dir() for p in (d / sub / group).glob("*.yaml")})
     raise ConfigError(f"Unknown {group} search space '{name}'.{did_you_mean(name, known)} Known: "
-                      f"{', '.join(known) or '(none)'} (files in {', '.join(str(d / group) for d in dirs)}).")
+                      f"{', '.join(known) or '(none)'} (files in {', '.join(str(d / sub / group) for d, sub in pairs)}).")
 
 
 def _names(node) -> list:
@@ -179,54 +155,38 @@ def _names(node) -> list:
 
 def load_tune_config(path: str | os.PathLike | None = None, overrides=(), embeddings=()) -> list[DictConfig]:
     """One resolved config per study (reducer family × clusterer family), each validated."""
-    layers = [OmegaConf.structured(TuneConfig)]
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"Config file '{p}' does not exist. Tune configs live in experiments/tune/, "
-                              "e.g. experiments/tune/default.yaml.")
-        try:
-            layers.append(OmegaConf.load(p))
-        except Exception as e:
-            raise ConfigError(f"Config file '{p}' is not valid YAML: {e}") from None
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"Override '{bad[0]}' must look like key=value, e.g. study.n_trials=20.")
+    cfg = load_config(path, (), schema=TuneConfig)
     extra = parse_embeddings(embeddings)
-    if extra:
-        emb_layer = {"datasets": extra}
-        if not any(o.startswith("encoder.name=") for o in overrides):  # the file's encoder did not make them
-            emb_layer["encoder"] = {"name": "precomputed"}
-        layers.append(OmegaConf.create(emb_layer))
-    group_keys = ("space.reducer", "space.clusterer")
-    firsts = [o for o in overrides if o.split("=", 1)[0] in group_keys]
-    rest = [o for o in overrides if o.split("=", 1)[0] not in group_keys]
-    base = _merge(layers, path)
-    for o in firsts:  # whole-group choices first, so later overrides can reach inside the group
-        key, value = o.split("=", 1)
-        base.space[key.split(".")[1]] = OmegaConf.from_dotlist([f"v={value}"]).v
-    dirs = _space_dirs(base, path)
-    reducers = _names(base.space.get("reducer", "none"))
-    clusterers = _names(base.space.get("clusterer"))
+    if extra:  # --embeddings replace the file's validation sets
+        cfg.datasets = {}
+        cfg = OmegaConf.merge(cfg, {"datasets": extra})
+        if not any(o.split("=", 1)[0].strip() == "encoder.name" for o in overrides):
+            cfg.encoder.name = "precomputed"  # the file's encoder did not make them
+    cfg = apply_overrides(cfg, overrides, TuneConfig)
+    patches = to_container(cfg.overrides).get("space") or {}
+    reducers = _names(cfg.space.get("reducer", "none"))
+    clusterers = _names(cfg.space.get("clusterer"))
     if clusterers == [None]:
         raise ConfigError("space.clusterer is missing: name a clusterer space, e.g. space.clusterer=hdbscan.")
     many = len(reducers) * len(clusterers) > 1
     out = []
     for r, c in itertools.product(reducers, clusterers):
-        cfg = copy.deepcopy(base)
+        one = copy.deepcopy(cfg)
         space = {}
         for group, node in (("reducer", r), ("clusterer", c)):
-            space[group] = load_space_group(group, node, dirs) if isinstance(node, str) else (
-                OmegaConf.to_container(node) if isinstance(node, (DictConfig, dict)) else node)
-        cfg.space = space
-        cfg = _merge([cfg, OmegaConf.from_dotlist(rest)], path, replace=False)
-        labels = (_label(r, cfg.space.reducer), _label(c, cfg.space.clusterer))
-        if cfg.study.name is None:
-            cfg.study.name = f"{cfg.encoder.name}/{labels[0]}/{labels[1]}/{cfg.objective.metric}"
+            node = load_space_group(group, node, cfg) if isinstance(node, str) else to_container(node)
+            if patches.get(group):
+                node = to_container(OmegaConf.merge(node, patches[group]))
+            space[group] = node
+        one.space = space
+        one.overrides = {}
+        labels = (_label(r, one.space.reducer), _label(c, one.space.clusterer))
+        if one.study.name is None:
+            one.study.name = f"{one.encoder.name}/{labels[0]}/{labels[1]}/{one.objective.metric}"
         elif many:
-            cfg.study.name = f"{cfg.study.name}/{labels[0]}/{labels[1]}"
-        validate(cfg)
-        out.append(cfg)
+            one.study.name = f"{one.study.name}/{labels[0]}/{labels[1]}"
+        validate(one)
+        out.append(one)
     return out
 
 
@@ -236,18 +196,23 @@ def _label(group_choice, node) -> str:
     return str((node or {}).get("name", "custom"))
 
 
+def objective_metrics() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(metrics that read labels, label-free metrics) a study may maximise: job metric names."""
+    from zsclust.cluster import LABEL_METRICS, SILHOUETTE_KEYS
+
+    label = tuple(LABEL_METRICS) + tuple(f"{m}_clustered" for m in LABEL_METRICS)
+    return label, tuple(SILHOUETTE_KEYS.values()) + ("calinski_harabasz",)
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that need no data: names, ranges, a metric that matches the labels it may read."""
     o, s = cfg.objective, cfg.study
-    if o.metric not in METRICS:
-        raise ConfigError(f"objective.metric must be one of {', '.join(METRICS)}, got '{o.metric}'."
-                          f"{did_you_mean(o.metric, METRICS)}")
-    if o.silhouette_space not in SILHOUETTE_SPACES:
-        raise ConfigError(f"objective.silhouette_space must be one of {', '.join(SILHOUETTE_SPACES)}, got "
-                          f"'{o.silhouette_space}'.")
-    if o.metric == "silhouette" and o.silhouette_space == "none":
-        raise ConfigError("objective.metric=silhouette needs a silhouette space: set objective.silhouette_space "
-                          "to umap50 (the study's), reduced or raw.")
+    label, free = objective_metrics()
+    if o.metric not in label + free:
+        hint = (" The label-free proxy is silhouette_umap50 (objective.silhouette_space is gone: the space is "
+                "part of the metric's name)." if o.metric.startswith("silhouette") else "")
+        raise ConfigError(f"objective.metric must be a job metric to maximise: {', '.join(label + free)}; got "
+                          f"'{o.metric}'.{did_you_mean(o.metric, label + free)}{hint}")
     if s.sampler not in SAMPLERS:
         raise ConfigError(f"study.sampler must be one of {', '.join(SAMPLERS)}, got '{s.sampler}'.")
     if s.pruner not in PRUNERS:

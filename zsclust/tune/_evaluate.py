@@ -26,9 +26,10 @@ class EvaluationResult:
 def load_study_config(study_name: str, storage: str | None, overrides=(), embeddings=()):
     """(study, its config with ``overrides`` applied, the test ``--embeddings``) from the storage."""
     import optuna
-    from omegaconf import OmegaConf
 
-    from ._config import TuneConfig, _merge, parse_embeddings
+    from zsclust.config import load_config
+
+    from ._config import TuneConfig, parse_embeddings
     from ._study import open_storage, redact
 
     st = open_storage(storage, retry_stale=0)
@@ -43,24 +44,18 @@ def load_study_config(study_name: str, storage: str | None, overrides=(), embedd
     stored = study.user_attrs.get("zsclust.config")
     if stored is None:
         raise ConfigError(f"Study '{study_name}' was not created by 'zsclust tune' (it has no zsclust.config).")
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"Override '{bad[0]}' must look like key=value, e.g. evaluate.targets=[cifar10].")
-    cfg = _merge([OmegaConf.structured(TuneConfig), OmegaConf.create(stored)])
-    cfg = _merge([cfg, OmegaConf.from_dotlist(list(overrides))], replace=False)
+    cfg = load_config(None, overrides, schema=TuneConfig, base=stored)
     return study, cfg, parse_embeddings(embeddings)
 
 
 def evaluate_study(study_name: str, *, storage: str | None = None, overrides=(), embeddings=(),
                    progress: bool = True) -> list[EvaluationResult] | None:
     """Apply the study's best params to the test split of every target; returns the pipeline results."""
-    import numpy as np
-
-    from zsclust.cluster import ClusteringPipeline, ReductionCache, count_classes
+    from zsclust._build import embed_options, embeddings_context, make_pipeline, make_tracker
+    from zsclust.cluster import JobSpec, count_classes
     from zsclust.embed import EmbeddingSet
-    from zsclust.jobs import embed_options, make_tracker, reduction_cache_dir
 
-    from ._space import K_KNOWN, SearchSpace
+    from ._space import SearchSpace
 
     study, cfg, test_embeddings = load_study_config(study_name, storage, overrides, embeddings)
     space = SearchSpace(cfg.space, where=f"study '{study_name}' space")
@@ -68,11 +63,8 @@ def evaluate_study(study_name: str, *, storage: str | None = None, overrides=(),
         best = study.best_trial
     except ValueError:
         raise ConfigError(f"Study '{study_name}' has no completed trial yet; run 'zsclust tune' first.") from None
-    reducer_spec, clusterer_spec = space.build(best.params)
-    if clusterer_spec.get("n_clusters") == K_KNOWN:
-        clusterer_spec["n_clusters"] = None  # the pipeline's null = the number of classes of each test set
-    reducers = {space.family("reducer"): None if reducer_spec == {"name": "none"} else [reducer_spec]}
-    clusterers = {space.family("clusterer"): clusterer_spec}
+    reducer, clusterer = space.build(best.params)
+    job = JobSpec(space.family("clusterer"), reducer, clusterer)
     targets = list(cfg.evaluate.targets or []) or list(test_embeddings) or list(cfg.datasets)
     tracking_cfg = copy.deepcopy(cfg)
     tracking_cfg.tracking.experiment = cfg.evaluate.experiment
@@ -82,12 +74,9 @@ def evaluate_study(study_name: str, *, storage: str | None = None, overrides=(),
     best_params = space.resolve(best.params)
     for target in targets:
         d = cfg.datasets.get(target)
-        if target in test_embeddings:
-            emb = EmbeddingSet.from_npz(test_embeddings[target]["embeddings"])
-            data_name = target
-        elif d is not None and d.test_embeddings:
-            emb = EmbeddingSet.from_npz(d.test_embeddings)
-            data_name = target
+        npz = test_embeddings.get(target, {}).get("embeddings") or (d.test_embeddings if d is not None else None)
+        if npz:
+            emb = EmbeddingSet.from_npz(npz)
         else:
             from zsclust.embed import embed
             from zsclust.encoders import create_encoder
@@ -103,15 +92,16 @@ def evaluate_study(study_name: str, *, storage: str | None = None, overrides=(),
                         options=embed_options(cfg))
             if emb is None:
                 return None
-            data_name = emb.meta.get("dataset", {}).get("name", target)
-        context = {**best_params, "encoder.name": cfg.encoder.name, "encoder.weights": cfg.encoder.weights,
-                   "data.name": data_name, "data.split": "test", "zsclust.study": study_name}
-        pipeline = ClusteringPipeline(reducers, clusterers, seed=cfg.seed,
-                                      reduction_cache=ReductionCache(reduction_cache_dir(cfg)), context=context,
-                                      silhouette_sample_size=cfg.evaluation.silhouette_sample_size,
-                                      umap_silhouette=cfg.evaluation.umap_silhouette, plots=cfg.tracking.plots)
-        n_classes = count_classes(emb.labels)
-        pipeline.validate(len(emb), int(np.asarray(emb.embeddings).shape[1]), n_classes)
+        context = {**embeddings_context(emb), "zsclust.study": study_name}
+        if context["data.name"] == "unknown":  # an .npz from elsewhere: what it stands for is the target's test split
+            context["data.name"] = target
+        if context["data.split"] == "unknown":
+            context["data.split"] = "test"
+        if cfg.encoder.name != "precomputed" and context["encoder.name"] == "unknown":
+            context["encoder.name"] = cfg.encoder.name
+        context.update({f"study.best.{k}": v for k, v in best_params.items()})
+        pipeline = make_pipeline(cfg, context, jobs=[job])
+        pipeline.validate(len(emb), int(emb.embeddings.shape[1]), count_classes(emb.labels))
         if tracker is None:
             tracker = make_tracker(tracking_cfg)
         pipeline.tracker = tracker
@@ -124,4 +114,3 @@ def evaluate_study(study_name: str, *, storage: str | None = None, overrides=(),
                     tracker.set_tags(r.run_id, tags)
         out.append(EvaluationResult(target, emb, results))
     return out
-

@@ -19,11 +19,12 @@ import numpy as np  # noqa: E402
 
 from zsclust.cluster import spearman_rho  # noqa: E402
 
-from ._objective import silhouette_key  # noqa: E402
+from ._objective import PROXY  # noqa: E402
 
 
 def silhouette_key_of(cfg) -> str:
-    return silhouette_key(cfg.objective.silhouette_space)
+    """The silhouette a study compares with AMI: its objective when that is a silhouette, else the study's proxy."""
+    return cfg.objective.metric if cfg.objective.metric.startswith("silhouette") else PROXY
 
 
 def _pairs(trials, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -48,7 +49,7 @@ def spearman_silhouette_ami(trials, datasets: list[str], sil_key: str) -> dict[s
     out = {}
     if not sil_key:
         return out
-    rho = spearman_rho(*_pairs(trials, "silhouette", "ami")[:2])
+    rho = spearman_rho(*_pairs(trials, sil_key, "ami")[:2])
     if not math.isnan(rho):
         out["spearman_silhouette_ami"] = rho
     for name in datasets:
@@ -114,7 +115,7 @@ def plot_importances(importances: dict[str, float], path: Path) -> Path:
 
 def plot_silhouette_vs_ami(trials, path: Path, sil_key: str, rho: float | None) -> Path | None:
     """The label-free proxy against AMI, one point per trial, coloured by trial number."""
-    x, y, nums = _pairs(trials, "silhouette", "ami")
+    x, y, nums = _pairs(trials, sil_key, "ami")
     if len(x) == 0:
         return None
     fig, ax = plt.subplots(figsize=(6, 5))

@@ -22,12 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zsclust.config import K_KNOWN
 from zsclust.errors import ConfigError, ZsclustError, did_you_mean
 
 __all__ = ["Dimension", "SearchSpace", "K_KNOWN"]
 
-K_KNOWN = "K"
-"""``n_clusters: K``: the number of classes of the dataset, resolved per validation set."""
 
 GROUPS = ("reducer", "clusterer")
 _DIST_KEYS = {"choices", "low", "high", "log", "step", "type", "if", "else"}
@@ -95,7 +94,7 @@ class SearchSpace:
                               f"'clusterer' can be searched.{did_you_mean(str(unknown[0]), GROUPS)}")
         if "clusterer" not in spec or spec["clusterer"] is None:
             raise ConfigError(f"{where}.clusterer is missing: name a clusterer space, e.g. "
-                              "space.clusterer=agglomerative (experiments/tune/space/clusterer/).")
+                              "space.clusterer=agglomerative (space/clusterer/ in zsclust's configs).")
         self.spec = {g: dict(spec.get(g) or {"name": "none"}) for g in GROUPS}
         self.fixed: dict[str, Any] = {}
         self.dimensions: list[Dimension] = []

@@ -27,7 +27,7 @@ from typing import Any
 
 from zsclust.errors import ConfigError, ZsclustError
 
-from ._locks import AdvisoryLock, FileLock
+from zsclust._locks import AdvisoryLock, FileLock
 
 __all__ = ["StudyResult", "StudyRunner", "default_storage_url", "open_storage", "TrialsFailingError"]
 
@@ -170,7 +170,7 @@ class StudyResult:
             return "\n".join(lines)
         lines.append(f"best trial #{self.best_trial}: {metric} = {self.best_value:.4f}")
         per = {k: v for k, v in sorted(self.best_metrics.items()) if k.count(".") == 1 and
-               k.split(".")[1] in ("ami", "silhouette_umap50", "silhouette_reduced", "silhouette", "n_clusters")}
+               k.split(".", 1)[1] in ("ami", "silhouette_umap50", "silhouette_reduced", "silhouette", "n_clusters")}
         if per:
             lines.append("  " + "  ".join(f"{k} {v:.4g}" for k, v in per.items()))
         lines += [f"  {k} = {v}" for k, v in self.best_params.items()]
@@ -211,10 +211,12 @@ class _Heartbeat:
 
 
 def signature(cfg, space, datasets) -> dict:
-    """What makes two workers' trials comparable: space, objective, validation sets, seed."""
-    sig = {"space": space.describe(), "metric": cfg.objective.metric,
-           "silhouette_space": cfg.objective.silhouette_space, "seed": int(cfg.seed),
-           "datasets": {d.name: [d.fingerprint, d.weight] for d in datasets}}
+    """What makes two workers' trials comparable: space, objective, scoring, validation sets, seed."""
+    from omegaconf import OmegaConf
+
+    sig = {"space": space.describe(), "metric": cfg.objective.metric, "seed": int(cfg.seed),
+           "evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True),
+           "datasets": {d.name: [d.data.fingerprint, d.weight] for d in datasets}}
     return json.loads(json.dumps(sig, default=str))
 
 
@@ -304,12 +306,12 @@ class StudyRunner:
                 "encoder": cfg.encoder.name, "objective": cfg.objective.metric}
         rid = self.tracker.start_run(cfg.study.name, tags=tags)
         params = {"study.name": cfg.study.name, "encoder.name": cfg.encoder.name, "objective.metric": cfg.objective.metric,
-                  "objective.silhouette_space": cfg.objective.silhouette_space, "study.sampler": cfg.study.sampler,
+                  "study.sampler": cfg.study.sampler,
                   "study.pruner": cfg.study.pruner, "seed": cfg.seed,
                   "reducer.name": self.space.family("reducer"), "clusterer.name": self.space.family("clusterer")}
         for d in self.objective.datasets:
             params[f"datasets.{d.name}.weight"] = d.weight
-            params[f"datasets.{d.name}.num_samples"] = len(d.embeddings)
+            params[f"datasets.{d.name}.num_samples"] = len(d.data.X)
         for dim in self.space.dimensions:
             params[f"space.{dim.key}"] = (f"{dim.choices}" if dim.kind == "categorical" else
                                           f"{dim.kind}[{dim.low}, {dim.high}]{' log' if dim.log else ''}")
@@ -458,7 +460,9 @@ class StudyRunner:
             tags["optuna.retry_of"] = t.system_attrs["failed_trial"]
         try:
             rid = self.tracker.start_run(f"{name}/trial-{t.number}", tags=tags, parent_run_id=self.parent_run_id)
-            params = {"study.name": name, "trial.number": t.number, **self.space.resolve(t.params)}
+            # the job's params as a run logs them (clusterer.linkage, reducer.n_components, ...), else as searched
+            job = t.user_attrs.get("zsclust.params") or self.space.resolve(t.params)
+            params = {"study.name": name, "trial.number": t.number, **job}
             self.tracker.log_params(rid, params)
             metrics = dict(t.user_attrs.get("zsclust.metrics") or {})
             if t.state == TrialState.COMPLETE:

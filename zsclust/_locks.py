@@ -1,4 +1,7 @@
-"""Advisory file locks: workers on one host agree on who claims the next trial or fits a reduction."""
+"""Locks that processes agree on: a file lock (one host) and a PostgreSQL advisory lock (any host).
+
+Used by Optuna workers claiming trials, and by the reduction cache so that concurrent workers fit a
+reduction once."""
 
 from __future__ import annotations
 
