@@ -9,7 +9,8 @@ features (Gaussian blobs around one centre per class, stored as ``--dtype``), sc
 ks (1, 10, 20, 100, 200) with T = 0.07. Each size runs in its own process so that its peak RSS is
 its own: the script prints the RSS once the data exist, the peak RSS during the probe (the kernel's
 high-water mark, reset after the data are made), the wall time of the probe (normalising the bank
-included), queries per second and the similarity GFLOP/s (2 * bank * queries * dim / time).
+included), the CPU time of all its threads (on a shared machine: the work, whatever the load),
+queries per second and the similarity GFLOP/s (2 * bank * queries * dim / wall time).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -74,14 +76,17 @@ def one(args) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     budget = args.memory_budget_mib * 2**20
+    cpu_start = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     acc = knn_accuracy(bank, bank_labels, queries, query_labels, chunk_size=args.chunk_size, device=device,
                        memory_budget=budget)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
+    cpu_end = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = (cpu_end.ru_utime - cpu_start.ru_utime) + (cpu_end.ru_stime - cpu_start.ru_stime)
     return {
-        "bank": n_bank, "queries": n_queries, "seconds": seconds,
+        "bank": n_bank, "queries": n_queries, "seconds": seconds, "cpu_seconds": cpu_seconds,
         "chunk": args.chunk_size or auto_chunk_size(n_bank, args.classes, budget),
         "rss_data_gib": rss_data / 2**20 if rss_data else None,
         "peak_rss_gib": (_status_kib("VmHWM") or 0) / 2**20 if peak_reset else None,
@@ -114,7 +119,7 @@ def main() -> None:
           f"dim {args.dim}, {args.classes} classes, noise {args.noise}, {args.dtype} inputs, "
           f"budget {args.memory_budget_mib} MiB",
           flush=True)
-    print(f"{'bank':>9} {'queries':>8} {'chunk':>6} {'seconds':>9} {'queries/s':>10} {'GFLOP/s':>8} "
+    print(f"{'bank':>9} {'queries':>8} {'chunk':>6} {'seconds':>9} {'CPU s':>9} {'queries/s':>10} {'GFLOP/s':>8} "
           f"{'RSS data':>9} {'peak RSS':>9} {'GPU peak':>9}  accuracy k=1/10/20/100/200", flush=True)
     forwarded = ["--dim", str(args.dim), "--classes", str(args.classes), "--noise", str(args.noise),
                  "--dtype", args.dtype, "--device", args.device, "--memory-budget-mib", str(args.memory_budget_mib)]
@@ -131,7 +136,7 @@ def main() -> None:
         gib = lambda v: f"{v:.2f} GiB" if v is not None else "n/a"  # noqa: E731
         flops = 2.0 * r["bank"] * r["queries"] * args.dim / r["seconds"] / 1e9
         accs = "/".join(f"{v:.3f}" for v in r["accuracy"].values())
-        print(f"{r['bank']:>9} {r['queries']:>8} {r['chunk']:>6} {r['seconds']:>9.2f} "
+        print(f"{r['bank']:>9} {r['queries']:>8} {r['chunk']:>6} {r['seconds']:>9.2f} {r['cpu_seconds']:>9.1f} "
               f"{r['queries'] / r['seconds']:>10.0f} {flops:>8.1f} {gib(r['rss_data_gib']):>9} "
               f"{gib(r['peak_rss_gib']):>9} {gib(r['gpu_peak_gib']):>9}  {accs}", flush=True)
 

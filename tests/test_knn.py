@@ -92,9 +92,11 @@ def test_memory_budget_sets_the_chunk_size():
     bank, yb = blobs(300, 7, seed=5)
     queries, _ = blobs(137, 7, seed=6)
     small = knn_predict(bank, yb, queries, ks=(1, 20), memory_budget=10_000)
+    default = knn_predict(bank, yb, queries, ks=(1, 20), memory_budget=None)  # None: the default budget
     whole = knn_predict(bank, yb, queries, ks=(1, 20), chunk_size=137)
     for k in (1, 20):
         np.testing.assert_array_equal(small[k], whole[k])
+        np.testing.assert_array_equal(default[k], whole[k])
 
 
 def test_k_larger_than_the_bank_votes_with_the_whole_bank():

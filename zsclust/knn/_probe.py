@@ -33,22 +33,23 @@ DEFAULT_MEMORY_BUDGET = 512 * 2**20
 
 def knn_predict(bank, bank_labels, queries, ks=DEFAULT_KS, temperature: float = DEFAULT_TEMPERATURE,
                 chunk_size: int | None = None, device=None,
-                memory_budget: int = DEFAULT_MEMORY_BUDGET) -> dict[int, np.ndarray]:
+                memory_budget: int | None = DEFAULT_MEMORY_BUDGET) -> dict[int, np.ndarray]:
     """Predicted class of every query, per k: ``{k: labels}`` with labels drawn from ``bank_labels``.
 
     bank, queries: ``(n, d)`` float16/32/64 numpy arrays (memmaps welcome) or torch tensors; they are
     L2-normalised here. bank_labels: integer class per bank row; rows with a negative label are
     unlabelled and left out of the bank. A k larger than the labelled bank uses the whole bank (with
     a warning). Vote ties go to the smallest label. chunk_size: queries per chunk; ``None`` picks the
-    largest chunk whose similarity block and votes fit in ``memory_budget`` bytes. device: ``None``
-    (the bank tensor's device, CPU for numpy), ``"auto"`` (CUDA when available) or a torch device.
+    largest chunk whose similarity block and votes fit in ``memory_budget`` bytes (``None``: 512 MiB).
+    device: ``None`` (the bank tensor's device, CPU for numpy), ``"auto"`` (CUDA when available) or a
+    torch device.
     """
     return _checked_predict(bank, bank_labels, queries, ks, temperature, chunk_size, device, memory_budget)
 
 
 def knn_accuracy(bank, bank_labels, queries, query_labels, ks=DEFAULT_KS, temperature: float = DEFAULT_TEMPERATURE,
                  chunk_size: int | None = None, device=None,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> dict[int, float]:
+                 memory_budget: int | None = DEFAULT_MEMORY_BUDGET) -> dict[int, float]:
     """Top-1 accuracy (a fraction in [0, 1]) of the weighted kNN probe, per k: ``{k: accuracy}``.
 
     Queries with a negative label (unlabelled) are classified but not scored; a query whose class
@@ -72,6 +73,7 @@ def _checked_predict(bank, bank_labels, queries, ks, temperature, chunk_size, de
     temperature = check_temperature(temperature)
     chunk_size = check_positive_int(chunk_size, "chunk_size", "It is the number of queries per chunk.")
     budget = check_positive_int(memory_budget, "memory_budget", "It is in bytes, e.g. 512 * 2**20.")
+    budget = budget or DEFAULT_MEMORY_BUDGET
     bank = check_features(bank, "bank")
     queries = check_features(queries, "queries")
     if queries.shape[1] != bank.shape[1]:
