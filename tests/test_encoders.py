@@ -7,6 +7,7 @@ initialised models, so every converter is checked tensor-for-tensor and feature-
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pickle
 import re
@@ -160,12 +161,14 @@ def _real_build_kwargs(spec: EncoderSpec) -> dict | None:
     """{} (full size), the reduced kwargs, or None when even those are over the limit. ViTs are always
     built one block deep: blocks are identical, and test_full_depth_vit_b builds a full ViT-B."""
     candidates = ([] if spec.arch.startswith("vit_") else [{}]) + [k for k in [_reduced(spec)] if k is not None]
-    for kwargs in candidates:
-        with torch.device("meta"):
-            size = sum(p.numel() for p in build_architecture(spec, **kwargs).parameters())
-        if size <= REAL_BUILD_LIMIT:
-            return kwargs
-    return None
+    return next((kwargs for kwargs in candidates if _meta_size(spec.name, tuple(kwargs.items())) <= REAL_BUILD_LIMIT),
+                None)
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_size(name: str, kwargs: tuple) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_architecture(get_encoder_spec(name), **dict(kwargs)).parameters())
 
 
 @pytest.mark.parametrize("name", list_encoders())

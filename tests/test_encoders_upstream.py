@@ -20,8 +20,14 @@ import torch
 import torchvision
 from torch import nn
 
-from zsclust.encoders import EncoderSpec, create_encoder, get_encoder_spec, list_encoders, register_encoder, \
-    unregister_encoder
+from zsclust.encoders import (
+    EncoderSpec,
+    create_encoder,
+    get_encoder_spec,
+    list_encoders,
+    register_encoder,
+    unregister_encoder,
+)
 from zsclust.errors import CheckpointConversionError, WeightsDownloadError, WeightsNotFoundError
 
 # Shared helpers and the autouse fixtures (one thread, offline hub, private TORCH_HOME).

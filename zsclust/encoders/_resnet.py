@@ -107,7 +107,7 @@ def _register(name: str, paper_name: str, description: str, url: str, **override
         "description": description,
         "weights_url": url,
         "checkpoint_filter": checkpoint_filter_fn,
-        "weights_layout": f"{paper_name.split()[0]} hub state dict (torchvision ResNet keys, no fc)",
+        "weights_layout": "torch.hub state dict (torchvision ResNet keys, no fc)",
         "model_fn": partial(wide_resnet, depth_arch, widen) if widen > 1 else None,
         "license": "mit",
         **overrides,
@@ -129,21 +129,20 @@ _register("resnet50.mocov3", "MoCo-v3 ResNet-50", "MoCo-v3 ResNet-50, 1000 epoch
 _register("resnet50.dino", "DINO ResNet-50", "DINO ResNet-50 on ImageNet-1k (torch.hub facebookresearch/dino "
           "dino_resnet50)", _DL + "dino/dino_resnet50_pretrain/dino_resnet50_pretrain.pth", license="apache-2.0",
           data_config=data_config(interpolation="bicubic", crop_pct=0.875))  # dino eval_linear.py
-for _arch, _file, _what in (("resnet50", "swav_800ep_pretrain", "800 epochs"),
-                            ("resnet50x2", "swav_RN50w2_400ep_pretrain", "width x2, 400 epochs"),
-                            ("resnet50x4", "swav_RN50w4_400ep_pretrain", "width x4, 400 epochs"),
-                            ("resnet50x5", "swav_RN50w5_400ep_pretrain", "width x5, 400 epochs")):
-    _hub = "resnet50" + (f"w{_WIDE[_arch][1]}" if _arch in _WIDE else "")
-    _register(f"{_arch}.swav", "SwAV ResNet-50" + (f" w{_WIDE[_arch][1]}" if _arch in _WIDE else ""),
-              f"SwAV ResNet-50, {_what} on ImageNet-1k (torch.hub facebookresearch/swav {_hub}; projector and "
-              "prototypes dropped)", _DL + f"deepcluster/{_file}.pth.tar", weights_layout=_SWAV_LAYOUT,
-              license="cc-by-nc-4.0")
+# arch, the hub's name (and the paper's), the file, training
+for _arch, _hub, _file, _what in (("resnet50", "resnet50", "swav_800ep_pretrain", "800 epochs"),
+                                  ("resnet50x2", "resnet50w2", "swav_RN50w2_400ep_pretrain", "400 epochs"),
+                                  ("resnet50x4", "resnet50w4", "swav_RN50w4_400ep_pretrain", "400 epochs"),
+                                  ("resnet50x5", "resnet50w5", "swav_RN50w5_400ep_pretrain", "400 epochs")):
+    _paper = "SwAV " + _hub.replace("resnet50", "ResNet-50 ").strip()
+    _register(f"{_arch}.swav", _paper, f"{_paper}, {_what} on ImageNet-1k (torch.hub facebookresearch/swav "
+              f"{_hub}; projector and prototypes dropped)", _DL + f"deepcluster/{_file}.pth.tar",
+              weights_layout=_SWAV_LAYOUT, license="cc-by-nc-4.0")
 # 'resnet50.pth' is both Barlow Twins' and VICReg's file name: cache and look them up under distinct names.
 _register("resnet50.barlowtwins", "Barlow Twins ResNet-50", "Barlow Twins ResNet-50, 1000 epochs on ImageNet-1k "
           "(torch.hub facebookresearch/barlowtwins resnet50)",
           _DL + "barlowtwins/ep1000_bs2048_lrw0.2_lrb0.0048_lambd0.0051/resnet50.pth",
-          file_name="barlowtwins_resnet50.pth",
-          weights_layout="Barlow Twins hub state dict (torchvision ResNet keys, no fc)")
+          file_name="barlowtwins_resnet50.pth")
 for _arch, _paper in (("resnet50", "VICReg ResNet-50"), ("resnet50x2", "VICReg ResNet-50 x2"),
                       ("resnet200x2", "VICReg ResNet-200 x2")):
     _register(f"{_arch}.vicreg", _paper, f"{_paper} on ImageNet-1k (torch.hub facebookresearch/vicreg {_arch})",
