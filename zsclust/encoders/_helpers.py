@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -69,6 +71,13 @@ def load_checkpoint_file(path) -> Mapping:
             return load_file(str(p), device="cpu")
         except Exception as e:
             raise WeightsNotFoundError(f"Weights file '{p}' cannot be read as safetensors ({e}).") from e
+    if _is_torchscript(p):  # OpenAI's CLIP files: a TorchScript archive, read without unpickling code
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # 'torch.jit.load is deprecated': it is the format
+                return dict(torch.jit.load(str(p), map_location="cpu").state_dict())
+        except Exception as e:
+            raise WeightsNotFoundError(f"Weights file '{p}' cannot be read as a TorchScript archive ({e}).") from e
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(p, map_location="cpu", weights_only=True)
@@ -81,11 +90,17 @@ def load_checkpoint_file(path) -> Mapping:
         ) from e
     except Exception as e:
         raise WeightsNotFoundError(f"Weights file '{p}' cannot be read as a PyTorch checkpoint ({e}).") from e
-    if isinstance(obj, nn.Module):  # a pickled or TorchScript model rather than its state dict
-        obj = obj.state_dict()
     if not isinstance(obj, Mapping):
         raise CheckpointConversionError(f"Weights file '{p}' holds a {type(obj).__name__}, not a state dict.")
     return obj
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A zip whose records hold compiled code (``<archive>/code/``): what ``torch.jit.save`` writes."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.split("/", 2)[1:2] == ["code"] for n in z.namelist())
 
 
 def timm_model_from_reference(arch: str, reference: nn.Module, filter_fn, **kwargs) -> nn.Module:
@@ -100,6 +115,7 @@ def timm_model_from_reference(arch: str, reference: nn.Module, filter_fn, **kwar
         model = timm.create_model(arch, pretrained=False, **{"num_classes": 0, **kwargs})
     model.load_state_dict(filter_fn(reference.state_dict(), model), strict=True, assign=True)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:  # a non-persistent buffer the state dict cannot fill
+    reference_is_real = not any(t.is_meta for t in reference.state_dict().values())
+    if left and reference_is_real:  # a non-persistent buffer the state dict cannot fill
         raise RuntimeError(f"{arch}: tensors left uninitialised on the meta device: {left[:5]}")
     return model

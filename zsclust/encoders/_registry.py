@@ -7,10 +7,13 @@ timm's ``@register_model``. A registered name wins over a timm name of the same 
 from __future__ import annotations
 
 import fnmatch
+import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlparse
 
 from ..errors import ConfigError, UnknownEncoderError, did_you_mean
 
@@ -18,7 +21,7 @@ __all__ = ["EncoderSpec", "register_encoder", "list_encoders", "get_encoder_spec
 
 #: Keys a complete ``data_config`` must have (what ``timm.data.create_transform`` consumes).
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-GROUPS = ("supervised", "self-supervised", "baseline", "extra")
+GROUPS = ("supervised", "self-supervised", "fine-tuned", "baseline", "extra")
 POOLINGS = ("avg", "cls", "mean_patch", "flatten", "attn")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -53,8 +56,12 @@ class EncoderSpec:
 
     Exactly one weights source is expected: ``weights_url`` (upstream file, loaded through
     ``checkpoint_filter``), ``hf_hub_id`` (timm's hub copy), ``weights_file`` (a callable returning
-    a local path, e.g. from an installed package), or ``pretrained=False`` (seeded random init).
-    ``model_fn`` replaces ``timm.create_model`` for architectures timm does not have.
+    a local path, e.g. from an installed package or a folder), or ``pretrained=False`` (seeded
+    random init). ``model_fn`` replaces ``timm.create_model`` for architectures timm does not have.
+    ``file_name`` is the checkpoint's local name: the one looked for when ``weights=`` is a folder,
+    and the download's name in the torch hub cache (it defaults to the URL's basename; set it where
+    two upstreams publish the same basename). ``sha256`` is the upstream's published checksum,
+    verified on download.
     """
 
     name: str
@@ -67,7 +74,8 @@ class EncoderSpec:
     description: str = ""
     arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
     weights_url: str | None = None
-    url_file_name: str | None = None  # cache name under TORCH_HOME when the URL's basename is ambiguous
+    sha256: str | None = None
+    file_name: str | None = None
     hf_hub_id: str | None = None
     weights_file: Callable[[], str] | None = None
     checkpoint_filter: Callable[[dict, Any], dict] | None = None
@@ -97,8 +105,32 @@ class EncoderSpec:
         if self.hf_hub_id:
             return f"hf-hub:{self.hf_hub_id}"
         if self.weights_file is not None:
-            return "local-file"
+            return f"local:{self.file_name}" if self.file_name else "local-file"
         return "none"
+
+    @property
+    def local_file_name(self) -> str | None:
+        """The checkpoint's file name in a weights folder (``file_name``, else the URL's basename)."""
+        if self.file_name:
+            return self.file_name
+        return os.path.basename(urlparse(self.weights_url).path) if self.weights_url else None
+
+    @property
+    def preprocessing(self) -> str:
+        """The data config in a few words, e.g. 'resize 256 bicubic, crop 224, ImageNet mean/std'."""
+        c = self.data_config
+        size = c["input_size"][-1]
+        mean, std = tuple(c["mean"]), tuple(c["std"])
+        if (mean, std) in ((IMAGENET_MEAN, IMAGENET_STD), (CLIP_MEAN, CLIP_STD)):
+            norm = ("ImageNet" if mean == IMAGENET_MEAN else "CLIP") + " mean/std"
+        elif set(mean) == {0.0} and set(std) == {1.0}:
+            norm = "pixels in [0, 1]"
+        else:
+            norm = f"mean {mean}, std {std}"
+        resize = round(size / c["crop_pct"])
+        crop = f"resize {resize} {c['interpolation']}, crop {size}" if resize != size else \
+            f"resize {size} {c['interpolation']} (whole short side)"
+        return f"{crop}, {norm}"
 
 
 _REGISTRY: dict[str, EncoderSpec] = {}
@@ -122,6 +154,8 @@ def _validate(spec: EncoderSpec) -> None:
         problems.append("an entry without weights must set pretrained=False")
     if spec.weights_url and spec.checkpoint_filter is None:
         problems.append("an entry with weights_url needs a checkpoint_filter")
+    if spec.sha256 is not None and not (spec.weights_url and re.fullmatch(r"[0-9a-f]{64}", spec.sha256)):
+        problems.append("sha256 must be 64 lowercase hex digits, on an entry with weights_url")
     if problems:
         raise ConfigError(f"Invalid encoder spec '{spec.name}': " + "; ".join(problems) + ".")
 
