@@ -450,6 +450,24 @@ def test_fingerprint_tracks_split_seed_files_and_labels(digits, tmp_path):
     assert moved["labels_sha256"] != before["labels_sha256"]
 
 
+def test_fingerprint_tracks_an_edit_that_keeps_name_and_size(tmp_path):
+    base = make_folder(tmp_path / "f", {"a": 2, "b": 2}, ext=".bmp")
+    before = D.create_dataset(base).fingerprint()
+    path = base / "a" / "img00.bmp"
+    st = path.stat()
+    write_image(path, seed=99)  # same size (uncompressed BMP), other pixels
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert path.stat().st_size == st.st_size
+    assert D.create_dataset(base).fingerprint()["files_sha256"] != before["files_sha256"]
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # the stamp is what tells: same stamp, same key
+    assert D.create_dataset(base).fingerprint() == before
+
+
+def test_native_size_is_known_for_arrays_only(digits, tmp_path):
+    assert digits["test"].native_size == (8, 8)
+    assert D.create_dataset(make_folder(tmp_path / "f", {"a": 1})).native_size is None
+
+
 def test_build_transform_follows_the_data_config():
     tf = D.build_transform(dict(TF_CFG, input_size=(3, 48, 48), crop_pct=1.0, first_conv="x"))
     out = tf(Image.new("L", (100, 60), 128))

@@ -1,7 +1,8 @@
 """Atomic file writes: a temporary file in the target's folder, fsynced, then renamed over the target.
 
-A killed process leaves either the old file or the new one, never half of one. Every cache and
-record zsclust writes goes through here.
+A killed process leaves either the old file or the new one, never half of one; after the rename the
+folder itself is fsynced, so a power cut cannot forget the rename once the call has returned. Every
+cache and record zsclust writes goes through here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,32 @@ from typing import IO, Any
 import numpy as np
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename, a new or deleted file) to disk, where the platform allows it.
+
+    POSIX needs this for a rename to survive a crash; Windows cannot open a folder for it, and some
+    network file systems refuse it (EINVAL): both are skipped, as the rename itself already happened.
+    """
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_durably(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``os.replace`` then fsync of the destination's folder."""
+    os.replace(src, dst)
+    fsync_dir(Path(dst).parent)
+
+
 def atomic_write_bytes(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then move it onto ``path``."""
     path = Path(path)
@@ -26,7 +53,7 @@ def atomic_write_bytes(path: str | os.PathLike, write: Callable[[IO[bytes]], Any
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -60,7 +60,7 @@ def run_identity(cfg) -> dict:
             "data.name": cfg.data.name, "data.root": cfg.data.root, "data.split": cfg.data.split,
             "data.seed": cfg.data.seed, "data.skip_corrupt": cfg.data.skip_corrupt,
             "embed.precision": resolve_precision(cfg.embed.precision, cfg.embed.accelerator),
-            "evaluation": to_container(cfg.evaluation)}
+            "embed.preprocessing": cfg.embed.preprocessing, "evaluation": to_container(cfg.evaluation)}
 
 
 def run_context(cfg, *, dataset_name: str | None = None, group: str | None = None) -> dict:
@@ -69,7 +69,8 @@ def run_context(cfg, *, dataset_name: str | None = None, group: str | None = Non
 
     context = {"encoder.name": cfg.encoder.name, "encoder.weights": cfg.encoder.weights,
                "data.name": dataset_name or cfg.data.name, "data.split": cfg.data.split, "data.seed": cfg.data.seed,
-               "embed.precision": resolve_precision(cfg.embed.precision, cfg.embed.accelerator)}
+               "embed.precision": resolve_precision(cfg.embed.precision, cfg.embed.accelerator),
+               "embed.preprocessing": cfg.embed.preprocessing}
     if group:
         context["data.group"] = group
     return context
@@ -86,7 +87,7 @@ def embeddings_context(emb) -> dict:
                "encoder.weights": enc.get("weights"),
                "encoder.weights_digest": fi.get("weights_digest") or enc.get("weights_digest"),
                "data.name": ds.get("name") or "unknown", "data.split": ds.get("split") or "unknown",
-               "embed.precision": fi.get("precision")}
+               "embed.precision": fi.get("precision"), "embed.preprocessing": meta.get("preprocessing")}
     if ds.get("group"):
         context["data.group"] = ds["group"]
     if meta.get("source"):

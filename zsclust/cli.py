@@ -33,6 +33,9 @@ def _add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default="auto", help="Lightning strategy [ddp when more than one process]")
     p.add_argument("--batch-size", type=int, default=None, help="[256 on GPU, 32 on CPU]")
     p.add_argument("--num-workers", type=int, default=None, help="data loader workers [tuned per device]")
+    p.add_argument("--preprocessing", default="model", choices=["model", "study"],
+                   help="model: the encoder's own resize/crop/statistics; study: Lowe et al. 2024's (short side to "
+                        "224, centre crop, ImageNet statistics but CLIP's) [model]")
     p.add_argument("--precision", default="auto",
                    help="auto (bf16/fp16 autocast on GPU, bf16 on CPUs that have it), 32-true, bf16-mixed, 16-mixed")
     p.add_argument("--shard-size", type=int, default=4096, help="samples per resumable shard [4096]")

@@ -45,6 +45,13 @@ With a transform from :func:`build_transform`, JPEGs are decoded with PIL's draf
 1/2, 1/4 or 1/8 scale that still covers the resize size, which is several times faster for large
 photos. The result differs from a full decode followed by the resize only slightly (the DCT-domain
 downscale acts as an extra box filter); set ``dataset.draft_size = None`` to decode at full size.
+Transforms built with ``preprocessing="study"`` always decode at full size (docs/preprocessing.md).
+
+Preprocessing
+-------------
+``build_transform(data_config, preprocessing="model"|"study")``: ``model`` is the encoder's own pretrained
+config, ``study`` the protocol of Lowe et al. (2024): shorter side to the input size (bilinear), centre crop,
+ImageNet statistics (CLIP's for CLIP encoders). See :func:`preprocessing_config`.
 """
 
 from zsclust.data._catalog import folder_builder, torchvision_builder  # registers the study's datasets
@@ -66,13 +73,14 @@ from zsclust.data._registry import (
 )
 from zsclust.data._sources import IMG_EXTENSIONS, read_image
 from zsclust.data._splits import load_split_record, save_split_record
-from zsclust.data._transforms import build_transform
+from zsclust.data._transforms import PREPROCESSING, build_transform, preprocessing_config
 
 __all__ = [
     "DATA_ENV",
     "GROUPS",
     "IMG_EXTENSIONS",
     "NATIVE_SPLITS",
+    "PREPROCESSING",
     "SPLITS",
     "DatasetSpec",
     "ImageDataset",
@@ -84,6 +92,7 @@ __all__ = [
     "get_dataset_spec",
     "list_datasets",
     "load_split_record",
+    "preprocessing_config",
     "read_image",
     "register_dataset",
     "save_split_record",

@@ -89,6 +89,11 @@ class ImageDataset(Dataset):
         img = self._transform(img) if self._transform is not None else to_tensor(img)
         return {"image": img, "label": label, "index": i}
 
+    @property
+    def native_size(self) -> tuple[int, int] | None:
+        """(height, width) shared by every image, where known without decoding (in-memory arrays), else None."""
+        return self.source.native_size
+
     def path(self, i: int) -> str | None:
         """The file behind item ``i``, when images are files."""
         p = getattr(self.source, "path", None)

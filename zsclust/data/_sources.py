@@ -127,6 +127,15 @@ def class_dirs(directory: Path) -> list[str]:
     return [e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith(".")]
 
 
+def _stat_key(path: str) -> str:
+    """``size<TAB>mtime_ns`` of a file, or ``-1`` for one that cannot be read (it then fails to decode)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "-1"
+    return f"{st.st_size}\t{st.st_mtime_ns}"
+
+
 def _sha256_array(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
@@ -136,7 +145,9 @@ class ImageSource:
 
     ``load(i, draft_size)`` returns image ``i`` as an RGB PIL image or raises CorruptImageError.
     ``content_digest(indices)`` returns ``(key, sha256)`` identifying the bytes behind those images
-    cheaply (file names and sizes, or the pixel arrays), for the embedding cache's fingerprint.
+    cheaply (file names, sizes and modification times, or the pixel arrays), for the embedding cache's
+    fingerprint. ``native_size`` is the (height, width) every image shares, where the source knows it
+    without decoding (in-memory arrays), else None.
     """
 
     labels: np.ndarray
@@ -152,6 +163,10 @@ class ImageSource:
         raise NotImplementedError
 
     def content_digest(self, indices: np.ndarray) -> tuple[str, str] | None:
+        return None
+
+    @property
+    def native_size(self) -> tuple[int, int] | None:
         return None
 
 
@@ -174,17 +189,13 @@ class FileListSource(ImageSource):
         return read_image(self.path(i), draft_size, as_tensor)
 
     def content_digest(self, indices):
-        # Relative paths and sizes, in dataset order (which is sorted for folders): renaming, adding,
-        # removing or replacing a file with one of another size changes it. Contents are not hashed,
-        # which would mean reading every image.
+        # Relative paths, sizes and modification times (ns), in dataset order (sorted for folders):
+        # renaming, adding, removing or editing a file changes it, also an edit that keeps the size.
+        # Contents are not hashed, which would mean reading every image; the price is that copying a
+        # folder without keeping times (cp without -p) re-embeds it.
         h = hashlib.sha256()
         for i in indices:
-            p = self.path(int(i))
-            try:
-                size = os.stat(p).st_size
-            except OSError:
-                size = -1
-            h.update(f"{self.paths[int(i)]}\t{size}\n".encode())
+            h.update(f"{self.paths[int(i)]}\t{_stat_key(self.path(int(i)))}\n".encode())
         return "files_sha256", h.hexdigest()
 
 
@@ -210,6 +221,10 @@ class ArraySource(ImageSource):
     def content_digest(self, indices):
         return "data_sha256", _sha256_array(self.data[np.asarray(indices)])
 
+    @property
+    def native_size(self) -> tuple[int, int]:
+        return int(self.data.shape[1]), int(self.data.shape[2])
+
 
 class TorchvisionItemSource(ImageSource):
     """A torchvision dataset read through ``ds[i]``, for datasets that are not files (LSUN's LMDB)."""
@@ -230,12 +245,12 @@ class TorchvisionItemSource(ImageSource):
         return to_rgb(img)
 
     def content_digest(self, indices):
-        # The database files' names and sizes stand for their contents.
+        # The database files' names, sizes and modification times stand for their contents.
         if self.root is None:
             return None
         h = hashlib.sha256()
         for rel in list_all_files(Path(self.root)):
-            h.update(f"{rel}\t{os.stat(os.path.join(self.root, rel)).st_size}\n".encode())
+            h.update(f"{rel}\t{_stat_key(os.path.join(self.root, rel))}\n".encode())
         h.update(_sha256_array(np.asarray(indices)).encode())
         return "files_sha256", h.hexdigest()
 

@@ -1,8 +1,14 @@
-"""Evaluation transforms built from an encoder's timm-style data config.
+"""Evaluation transforms built from an encoder's timm-style data config, under a named preprocessing.
 
-The preprocessing travels with the weights: data code never hard-codes ImageNet statistics, it asks the
-encoder for ``{'input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode'}`` and builds
-resize(floor(H / crop_pct)) -> center crop H -> tensor -> normalize from it (timm's own eval pipeline).
+``model`` (the default): the preprocessing travels with the weights. Data code never hard-codes ImageNet
+statistics; it asks the encoder for ``{'input_size', 'interpolation', 'mean', 'std', 'crop_pct',
+'crop_mode'}`` and builds resize(floor(H / crop_pct)) -> center crop H -> tensor -> normalize from it
+(timm's own eval pipeline).
+
+``study``: the protocol of Lowe et al. (2024) for every encoder alike: resize the shorter side to H
+(bilinear), centre crop H (nothing cut from the short side), ImageNet statistics except for encoders
+trained with CLIP's, which keep CLIP's. H is the encoder's input size (224 for every encoder of the
+study). docs/preprocessing.md says what differs and why.
 """
 
 from __future__ import annotations
@@ -18,6 +24,44 @@ from zsclust.data._sources import to_rgb
 from zsclust.errors import ConfigError
 
 _CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+#: The named preprocessing choices: the encoder's own pretrained config, or the study's protocol.
+from zsclust.embed._options import PREPROCESSINGS as PREPROCESSING  # noqa: E402  (one list, torch-free)
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def check_preprocessing(preprocessing: str) -> str:
+    if preprocessing not in PREPROCESSING:
+        raise ConfigError(f"preprocessing '{preprocessing}' is not one of {', '.join(PREPROCESSING)}: 'model' is"
+                          " the encoder's own pretrained config, 'study' the protocol of Lowe et al. (2024).")
+    return preprocessing
+
+
+def _uses_clip_statistics(data_config: dict) -> bool:
+    mean, std = data_config.get("mean"), data_config.get("std")
+    if mean is None or std is None or len(mean) != 3 or len(std) != 3:
+        return False
+    return all(abs(float(a) - b) < 1e-4 for a, b in zip((*mean, *std), (*CLIP_MEAN, *CLIP_STD)))
+
+
+def preprocessing_config(data_config: dict, preprocessing: str = "model") -> dict:
+    """The data config a transform is built from: the encoder's own (``model``) or the study's (``study``).
+
+    ``study`` keeps only the input size from the encoder, and its normalisation if that is CLIP's (the
+    study normalises CLIP models with CLIP's statistics and every other encoder with ImageNet's).
+    """
+    check_preprocessing(preprocessing)
+    if preprocessing == "model":
+        return dict(data_config)
+    if "input_size" not in data_config:
+        raise ConfigError(f"Data config {data_config!r} has no 'input_size'; expected a timm data config"
+                          f" with keys {', '.join(_CONFIG_KEYS)}.")
+    clip = _uses_clip_statistics(data_config)
+    return {"input_size": tuple(data_config["input_size"]), "interpolation": "bilinear", "crop_pct": 1.0,
+            "crop_mode": "center", "mean": CLIP_MEAN if clip else IMAGENET_MEAN,
+            "std": CLIP_STD if clip else IMAGENET_STD}
 
 
 class ToUint8Tensor:
@@ -69,14 +113,22 @@ def _to_v2(step):
     return v2.CenterCrop(step.size)
 
 
-def build_transform(data_config: dict) -> Callable:
-    """The eval transform for a timm data config (as from ``timm.data.resolve_model_data_config``)."""
+def build_transform(data_config: dict, preprocessing: str = "model") -> Callable:
+    """The eval transform for a timm data config (as from ``timm.data.resolve_model_data_config``).
+
+    ``preprocessing`` is ``model`` (the config as given) or ``study`` (see :func:`preprocessing_config`).
+    The transform carries ``preprocessing`` and the ``data_config`` it was built from, so the embedding
+    engine can tell a transform of its own making from a caller's. ``allows_draft`` says whether JPEG
+    reduce-on-decode may feed it: not for ``study``, whose point is to match the study's full decode.
+    """
     from timm.data import create_transform
 
+    check_preprocessing(preprocessing)
     if "input_size" not in data_config:
         raise ConfigError(f"Data config {data_config!r} has no 'input_size'; expected a timm data config"
                           f" with keys {', '.join(_CONFIG_KEYS)}.")
     unknown = set(data_config) - set(_CONFIG_KEYS)
+    data_config = preprocessing_config(data_config, preprocessing)
     cfg = {k: v for k, v in data_config.items() if k in _CONFIG_KEYS}
     if cfg.get("crop_mode") not in (None, "center", "squash", "border"):
         raise ConfigError(f"Unknown crop_mode '{cfg['crop_mode']}'; use center, squash or border.")
@@ -92,15 +144,23 @@ def build_transform(data_config: dict) -> Callable:
         out = T.Compose([ToRGB(), *steps])
         out.decodes_to_tensor = False
     out.ignored_config_keys = sorted(unknown)  # e.g. 'first_conv' from a pretrained_cfg: harmless
+    out.preprocessing = preprocessing
+    out.data_config = cfg
+    # PIL's DCT-domain downscale filters differently from the study's full decode + bilinear resize: up to
+    # 48 grey levels apart at edges on 1000-2400 px photos (docs/preprocessing.md), so `study` decodes fully.
+    out.allows_draft = preprocessing == "model"
     return out
 
 
 def draft_size_of(transform) -> tuple[int, int] | None:
-    """(width, height) that the transform's first resize needs, for JPEG reduce-on-decode; None if unknown.
+    """(width, height) that the transform's first resize needs, for JPEG reduce-on-decode; None if unknown
+    or if the transform does not allow it (``allows_draft``).
 
     Only a resize that comes before anything else that depends on pixel size is trusted. An int size
     resizes the shorter side, so both sides must stay at least that large.
     """
+    if not getattr(transform, "allows_draft", True):
+        return None
     steps = transform.transforms if isinstance(transform, T.Compose) else [transform]
     for step in steps:
         if isinstance(step, (ToRGB, ToUint8Tensor)):

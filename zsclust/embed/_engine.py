@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -10,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
 
 from .. import __version__
 from ._cache import EmbeddingCache, EmbeddingSet
@@ -18,6 +18,7 @@ from ._fingerprint import fingerprint_digest, fingerprint_inputs
 from ._module import EmbeddingModule
 from ._options import EmbedOptions
 from ._optimize import fold_batchnorm
+from ._plan import Plan, PlannedData, make_plan
 from ._writer import ShardWriter
 
 def resolve_accelerator(accelerator: str) -> str:
@@ -71,83 +72,175 @@ def embed(
     download: bool = False,
     seed: int = 0,
     skip_corrupt: bool = False,
+    preprocessing: str | None = None,
     options: EmbedOptions | None = None,
     callbacks: Sequence = (),
 ) -> EmbeddingSet | None:
     """Embed ``dataset``'s ``split`` with ``encoder`` and return the cached :class:`EmbeddingSet`.
 
     ``encoder`` is a name for :func:`zsclust.encoders.create_encoder` (or an ``Encoder``);
-    ``dataset`` a name or folder for :func:`zsclust.data.create_dataset` (or an ``ImageDataset``
-    already built with this encoder's transform). A complete cache entry is returned without running
-    anything; an incomplete one is resumed. In a multi-process run, ranks other than global zero
-    return ``None``.
+    ``dataset`` a name or folder for :func:`zsclust.data.create_dataset` (or an ``ImageDataset``).
+    ``preprocessing`` (default: ``options.preprocessing``) is ``model`` (the encoder's own pretrained
+    config) or ``study`` (the protocol of Lowe et al. 2024, see
+    :func:`zsclust.data.preprocessing_config`); it is part of the fingerprint. A
+    dataset whose transform :func:`zsclust.data.build_transform` made is given this encoder's transform
+    for ``preprocessing`` (on a copy); any other transform is used as it is.
+
+    A complete cache entry is returned without running anything; an incomplete one is resumed. One
+    process at a time embeds an entry (a lock in its folder): another that starts on it waits, then
+    loads or resumes what the first left. In a multi-process run, ranks other than global zero return
+    ``None``.
     """
     from ..data import build_transform, create_dataset
+    from ..data._transforms import check_preprocessing
     from ..encoders import create_encoder
 
     options = options or EmbedOptions()
     options.validate()
+    preprocessing = preprocessing or options.preprocessing
+    check_preprocessing(preprocessing)
     if isinstance(encoder, str):
         encoder = create_encoder(encoder, weights=weights)
-    transform = build_transform(encoder.data_config)
     if isinstance(dataset, (str, os.PathLike)):
-        dataset = create_dataset(str(dataset), split, root=root, transform=transform, download=download,
-                                 seed=seed, skip_corrupt=skip_corrupt)
+        dataset = create_dataset(str(dataset), split, root=root, download=download, seed=seed,
+                                 skip_corrupt=skip_corrupt)
+        own_transform = True
+    else:
+        own_transform = getattr(getattr(dataset, "transform", None), "preprocessing", None) is not None
+        if own_transform:
+            dataset = copy.copy(dataset)  # the caller's dataset keeps its transform
+    if preprocessing == "study":
+        encoder = study_raw_pixels(encoder, getattr(dataset, "native_size", None))
+    if own_transform:
+        dataset.transform = build_transform(encoder.data_config, preprocessing)
     precision = resolve_precision(options.precision, options.accelerator)
-    inputs = fingerprint_inputs(encoder, dataset, precision)
+    inputs = fingerprint_inputs(encoder, dataset, precision, preprocessing)
     fingerprint = fingerprint_digest(inputs)
     cache = EmbeddingCache(options.cache_dir)
     entry = cache.entry(fingerprint)
-    if entry.is_complete:
-        return entry.load()
-
     n = len(dataset)
-    done = entry.done_indices()
-    remaining = sorted(set(range(n)) - set(done.tolist()))
     meta = {
         "fingerprint_inputs": inputs,
         "encoder": encoder.describe(),
+        "preprocessing": preprocessing,
         "dataset": {"name": dataset.name, "split": dataset.split, "group": getattr(dataset, "group", None),
                     "classes": list(getattr(dataset, "classes", [])),
                     "split_record": getattr(dataset, "split_record", None)},
         "zsclust_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "resumed_from": int(len(done)),
+        "resumed_from": 0,
     }
-    writer = ShardWriter(entry, n, meta, shard_size=options.shard_size)
-    if not remaining:  # killed after the last shard but before the merge
-        return entry.finalize(n, meta)
+    lock = entry.lock()
+    plan = None
+    try:
+        if runs_alone(options):
+            # No other rank waits on this process: it may decide alone, before any trainer exists.
+            if entry.is_complete:
+                return entry.load()
+            lock.acquire()
+            plan = make_plan(entry, n)
+            if plan.status == "complete":
+                return entry.load()
+            meta["resumed_from"] = plan.resumed_from
+            if plan.status == "merge":  # killed after the last shard but before the merge
+                return _merged_only(entry.finalize(n, meta))
+        # Otherwise global zero plans inside the trainer, once the process group can broadcast it.
+        return _predict(encoder, dataset, entry, lock, plan, meta, options, precision, callbacks)
+    finally:
+        lock.release()
+
+
+def _predict(encoder, dataset, entry, lock, plan, meta, options, precision, callbacks) -> EmbeddingSet | None:
+    from ..data import collate_batch
 
     loader_opts = default_loader_options(options.accelerator, options.devices, options.num_nodes)
     if options.batch_size is not None:
         loader_opts["batch_size"] = options.batch_size
     if options.num_workers is not None:
         loader_opts["num_workers"] = options.num_workers
-    from ..data import collate_batch
+    loader_opts.update(collate_fn=collate_batch, prefetch_factor=4 if loader_opts["num_workers"] else None)
+    n = len(dataset)
+    writer = ShardWriter(entry, n, meta, shard_size=options.shard_size, after_merge=lock.release)
+    trainer = make_trainer(options, precision, callbacks=[writer, *callbacks], root_dir=entry.path.parent)
 
-    loader = DataLoader(
-        Subset(dataset, remaining) if len(remaining) < n else dataset,
-        shuffle=False,
-        collate_fn=collate_batch,
-        prefetch_factor=4 if loader_opts["num_workers"] else None,
-        **loader_opts,
-    )
-    trainer = make_trainer(options, precision, callbacks=[writer, *callbacks], root_dir=cache.root)
-    if trainer.is_global_zero and done.size:
-        print(f"Resuming {fingerprint}: {len(done)} of {n} samples already embedded.")
+    def on_plan(p: Plan) -> None:
+        meta["resumed_from"] = p.resumed_from
+        if trainer.is_global_zero and p.status == "embed" and p.resumed_from:
+            print(f"Resuming {entry.fingerprint}: {p.resumed_from} of {n} samples already embedded.")
+
+    data = PlannedData(dataset, loader_opts, entry, lock, plan=plan, on_plan=on_plan)
     start = time.perf_counter()
     model = encoder
     if options.fold_batchnorm:
         probe = torch.rand(2, *encoder.data_config["input_size"])
         model, _ = fold_batchnorm(encoder, check_input=probe)
-    trainer.predict(EmbeddingModule(model, channels_last=options.channels_last), dataloaders=loader,
+    trainer.predict(EmbeddingModule(model, channels_last=options.channels_last), datamodule=data,
                     return_predictions=False)
     if not trainer.is_global_zero:
         return None
-    result = writer.result
+    plan = data.plan
+    if writer.result is not None:  # merged in on_predict_end
+        result = writer.result
+    elif plan.status == "complete":
+        return entry.load()
+    else:  # nothing was left to embed: the predict loop had no batches, hence no hooks
+        return _merged_only(entry.finalize(n, meta))
     result.meta["embed_seconds"] = time.perf_counter() - start
-    result.meta["samples_embedded_this_run"] = len(remaining)
+    result.meta["samples_embedded_this_run"] = int(len(plan.remaining))
     return result
+
+
+def _merged_only(result: EmbeddingSet) -> EmbeddingSet:
+    result.meta.update(samples_embedded_this_run=0, embed_seconds=0.0)
+    return result
+
+
+def runs_alone(options: EmbedOptions) -> bool:
+    """Whether this process can decide about the cache without asking other ranks.
+
+    True for single-process runs, and for the first process of a multi-device run that Lightning has not
+    launched its other ranks from yet (it launches them inside ``trainer.predict``). False in the ranks of
+    a launched run (Lightning's children, torchrun, SLURM tasks, and the parent once it has launched):
+    there every rank enters the trainer and global zero's plan is broadcast, so no rank can take another
+    branch and leave the rest waiting in a collective.
+    """
+    if expected_world_size(options) == 1:
+        return True
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return False
+    env = os.environ
+    if "LOCAL_RANK" in env or "RANK" in env:
+        return False
+    if int(env.get("WORLD_SIZE", "1") or 1) > 1 or int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        return False
+    return True
+
+
+def expected_world_size(options: EmbedOptions) -> int:
+    accelerator = resolve_accelerator(options.accelerator)
+    if isinstance(options.devices, int) and options.devices > 0:
+        local = options.devices
+    elif isinstance(options.devices, str) and options.devices.isdigit():
+        local = int(options.devices)
+    else:  # "auto" / -1: every visible GPU; one process on the CPU
+        local = torch.cuda.device_count() if accelerator == "gpu" else 1
+    return max(1, local) * int(options.num_nodes)
+
+
+def study_raw_pixels(encoder, native_size: tuple[int, int] | None):
+    """Raw pixels under the study's preprocessing: the image side is capped at the dataset's native size
+    (MNIST and Fashion-MNIST: 28 px, not 32), as the study did; any other encoder is returned as it is."""
+    from ..encoders import create_encoder
+    from ..encoders._pixels import RawPixels
+
+    if not isinstance(getattr(encoder, "model", None), RawPixels) or native_size is None:
+        return encoder
+    side = min(native_size)
+    if side >= encoder.model.img_size:
+        return encoder
+    return create_encoder(encoder.arch, img_size=side)
 
 
 class _DropAdverts(logging.Filter):
@@ -166,12 +259,11 @@ def make_trainer(options: EmbedOptions, precision: str, callbacks: Sequence = ()
     # A deprecation inside Lightning 2.6's own pytree helper, not ours to fix.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
+    # In a launched multi-process run, a cached entry is a predict loop without batches on every rank.
+    warnings.filterwarnings("ignore", message=r".*Total length of .* across ranks is zero.*")
+
     accelerator = resolve_accelerator(options.accelerator)
-    if isinstance(options.devices, int) and options.devices > 0:
-        local = options.devices
-    else:  # "auto" / -1: every visible GPU; one process on the CPU
-        local = torch.cuda.device_count() if accelerator == "gpu" else 1
-    world = local * options.num_nodes
+    world = expected_world_size(options)
     strategy = options.strategy
     if strategy == "auto" and world > 1:
         strategy = "ddp"

@@ -1,7 +1,8 @@
 """The embedding fingerprint: a digest of everything that changes the embeddings.
 
-Any change to the encoder, its weights, its preprocessing, the dataset, the split, the sample
-count, the precision or the pooling is a different fingerprint, hence a cache miss.
+Any change to the encoder, its weights, its preprocessing (the encoder's config and the named choice,
+``model`` or ``study``), the dataset (for files: names, sizes and modification times), the split, the
+sample count, the precision or the pooling is a different fingerprint, hence a cache miss.
 """
 
 from __future__ import annotations
@@ -14,12 +15,22 @@ from .._json import to_jsonable
 FINGERPRINT_VERSION = 1
 
 
-def fingerprint_inputs(encoder, dataset, precision: str) -> dict:
+def fingerprint_inputs(encoder, dataset, precision: str, preprocessing: str = "model") -> dict:
     """The JSON-able dict the fingerprint is the digest of (also stored in the cache manifest).
 
     The transform is the dataset's own: a dataset built by the caller may bring another one.
+    ``preprocessing`` other than ``model`` adds its name and the data config it resolves to, so the two
+    choices never share an entry; ``model`` adds nothing, so entries made before the choice existed
+    stay valid.
     """
+    from ..data import preprocessing_config
+
     transform = getattr(dataset, "transform", None)
+    extra = {}
+    if preprocessing != "model":
+        extra = {"preprocessing_mode": preprocessing,
+                 "preprocessing_config": {k: to_jsonable(v) for k, v in
+                                          sorted(preprocessing_config(encoder.data_config, preprocessing).items())}}
     return {
         "version": FINGERPRINT_VERSION,
         "encoder": encoder.name,
@@ -32,6 +43,7 @@ def fingerprint_inputs(encoder, dataset, precision: str) -> dict:
         "split": dataset.split,
         "num_samples": len(dataset),
         "precision": str(precision),
+        **extra,
     }
 
 

@@ -12,6 +12,7 @@ from ..errors import ConfigError
 
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+PREPROCESSINGS = ("model", "study")
 
 
 @dataclass
@@ -23,6 +24,7 @@ class EmbedOptions:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "auto"
+    preprocessing: str = "model"  # model: the encoder's own pretrained config | study: Lowe et al. 2024's
     batch_size: Optional[int] = None
     num_workers: Optional[int] = None
     shard_size: int = 4096
@@ -35,6 +37,9 @@ class EmbedOptions:
     def validate(self) -> None:
         if self.accelerator not in ACCELERATORS:
             raise ConfigError(f"embed.accelerator '{self.accelerator}' is not one of {', '.join(ACCELERATORS)}.")
+        if self.preprocessing not in PREPROCESSINGS:
+            raise ConfigError(f"embed.preprocessing '{self.preprocessing}' is not one of {', '.join(PREPROCESSINGS)} "
+                              "(model: the encoder's own resize/crop/statistics; study: Lowe et al. 2024's).")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"embed.precision '{self.precision}' is not one of {', '.join(PRECISIONS)}.")
         for name in ("num_nodes", "shard_size"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -16,12 +17,15 @@ class ShardWriter(BasePredictionWriter):
     Shards carry their dataset indices, so rank 0 can merge them in dataset order whatever the
     world size, and a resumed run can skip the indices they already hold. At most one shard per
     rank is held in memory. Multi-node runs need ``cache_dir`` on a filesystem all nodes share.
-    ``on_predict_end`` flushes, waits for every rank, and merges on global zero.
+    ``on_predict_end`` flushes, waits for every rank, merges on global zero, then calls ``after_merge``
+    there (``embed()`` releases the entry's lock with it). A merge error is raised after the last barrier.
     """
 
-    def __init__(self, entry: CacheEntry, num_samples: int, meta: dict, shard_size: int = 4096):
+    def __init__(self, entry: CacheEntry, num_samples: int, meta: dict, shard_size: int = 4096,
+                 after_merge: Callable[[], None] | None = None):
         super().__init__(write_interval="batch")
         self.entry = entry
+        self.after_merge = after_merge
         self.num_samples = num_samples
         self.meta = meta
         self.shard_size = shard_size
@@ -53,6 +57,15 @@ class ShardWriter(BasePredictionWriter):
     def on_predict_end(self, trainer, pl_module):
         self._flush(trainer.global_rank)
         trainer.strategy.barrier("zsclust-shards-written")
+        error = None
         if trainer.is_global_zero:
-            self.result = self.entry.finalize(self.num_samples, self.meta)
+            try:
+                self.result = self.entry.finalize(self.num_samples, self.meta)
+            except Exception as e:  # raised after the barrier, so the other ranks are not left waiting in it
+                error = e
+            finally:
+                if self.after_merge is not None:
+                    self.after_merge()  # e.g. release the entry's lock before any clustering callback runs
         trainer.strategy.barrier("zsclust-merged")
+        if error is not None:
+            raise error
