@@ -175,6 +175,7 @@ def test_ui_names_a_missing_experiment(tmp_path):
         pick_experiment(uri, "alpah")
 
 
+@pytest.mark.slow
 def test_ui_link_shows_the_zsclust_runs_with_their_ami_in_a_browser(tmp_path, chromium):
     uri, amis = _filled_store(tmp_path)
     port = free_port()
@@ -201,6 +202,12 @@ def test_ui_link_shows_the_zsclust_runs_with_their_ami_in_a_browser(tmp_path, ch
         from PIL import Image
 
         assert Image.open(shot).size == (1920, 1000)
+        # on a tracking server, `zsclust ui` starts nothing: it prints the link on that server
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        out = subprocess.run([sys.executable, "-m", "zsclust.cli", "ui", "--uri", f"http://127.0.0.1:{port}",
+                              "--no-browser"], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == f"MLflow runs: {link}"
     finally:
         assert ui.stop() == 0
     with pytest.raises(OSError):  # the server went with it
@@ -217,6 +224,7 @@ def _study(tmp_path) -> str:
     return url
 
 
+@pytest.mark.slow
 def test_dashboard_serves_the_study_on_loopback(tmp_path):
     url = _study(tmp_path)
     port = free_port()

@@ -1,6 +1,6 @@
 """``zsclust dashboard``: optuna-dashboard on the study storage, on loopback unless told otherwise.
 
-The dashboard runs in a child process (``python -m zsclust.tracking._dashboard``) that reads the
+The dashboard runs in a child process (:func:`serve`) that reads the
 storage URL from the environment, so a database password never shows in the process list, and
 stops with everything it started on Ctrl-C, like ``zsclust ui``.
 """
@@ -75,7 +75,8 @@ def study_path(url: str, study: str | None) -> str:
 
 def dashboard_command(host: str = "127.0.0.1", port: int = 8080) -> list[str]:
     """The child process's command line; the storage URL goes in ``$ZSCLUST_DASHBOARD_STORAGE``."""
-    return [sys.executable, "-m", "zsclust.tracking._dashboard", "--host", host, "--port", str(port)]
+    return [sys.executable, "-c", "from zsclust.tracking._dashboard import serve; serve()", "--host", host,
+            "--port", str(port)]
 
 
 def start_dashboard(storage: str | None = None, host: str = "127.0.0.1", port: int = 8080, study: str | None = None,
@@ -110,7 +111,8 @@ def start_dashboard(storage: str | None = None, host: str = "127.0.0.1", port: i
         signal.signal(signal.SIGTERM, previous)
 
 
-def _serve(argv: list[str] | None = None) -> None:
+def serve(argv: list[str] | None = None) -> None:
+    """The child process: optuna-dashboard on ``$ZSCLUST_DASHBOARD_STORAGE`` until killed."""
     import argparse
 
     from optuna_dashboard import run_server
@@ -124,6 +126,3 @@ def _serve(argv: list[str] | None = None) -> None:
         sys.exit(f"set ${STORAGE_ENV} to the Optuna storage URL")
     run_server(_storage(url), host=args.host, port=args.port)
 
-
-if __name__ == "__main__":
-    _serve()

@@ -78,8 +78,8 @@ class ContingencySummary:
     """What the contingency plot shows: every labelled point counted once, in exactly one cell.
 
     Columns are the matched clusters in their class's row order (a perfect clustering is diagonal),
-    then unmatched clusters by size, then ``other`` (the clusters beyond ``max_clusters``, summed), then
-    ``noise``. ``column_kinds`` says which is which: ``matched``, ``cluster``, ``other``, ``noise``.
+    then the largest unmatched clusters grouped by their majority class, then ``other`` (the clusters
+    beyond ``max_clusters``, summed), then ``noise``. ``column_kinds`` says which is which: ``matched``, ``cluster``, ``other``, ``noise``.
     """
 
     counts: np.ndarray
@@ -109,8 +109,11 @@ def contingency_summary(labels_true, labels_pred, class_names: Sequence[str] | N
     unmatched = sorted((int(c) for c in m.clusters if int(c) not in m.cluster_to_class),
                        key=lambda c: (-sizes[col_of[c]], c))
     n_shown = max(max_clusters, len(matched))
-    shown = matched + unmatched[: max(0, n_shown - len(matched))]
-    rest = unmatched[len(shown) - len(matched):]
+    top = unmatched[: max(0, n_shown - len(matched))]
+    rest = unmatched[len(top):]
+    # the shown unmatched clusters grouped under the class most of their points have, largest first
+    top.sort(key=lambda c: (int(np.argmax(m.counts[:, col_of[c]])), -sizes[col_of[c]], c))
+    shown = matched + top
     columns = [m.counts[:, col_of[c]] for c in shown]
     labels = [str(c) for c in shown]
     kinds = ["matched"] * len(matched) + ["cluster"] * (len(shown) - len(matched))
