@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import _free_port as free_port
 
 from zsclust.errors import ConfigError
 from zsclust.tracking import MLflowTracker, experiment_runs_url
@@ -35,12 +36,6 @@ def chromium() -> str:
     if not found:
         pytest.fail(CHROMIUM_MISSING + (f" ({explicit} is not an executable)" if explicit else ""), pytrace=False)
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Served:

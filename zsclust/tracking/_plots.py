@@ -79,7 +79,8 @@ class ContingencySummary:
 
     Columns are the matched clusters in their class's row order (a perfect clustering is diagonal),
     then the largest unmatched clusters grouped by their majority class, then ``other`` (the clusters
-    beyond ``max_clusters``, summed), then ``noise``. ``column_kinds`` says which is which: ``matched``, ``cluster``, ``other``, ``noise``.
+    beyond ``max_clusters``, summed), then ``noise``. ``column_kinds`` says which is which:
+    ``matched``, ``cluster``, ``other``, ``noise``.
     """
 
     counts: np.ndarray
@@ -215,7 +216,7 @@ def scatter_colours(labels_true, labels_pred, class_names: Sequence[str] | None 
     t, p = _labels(labels_true, labels_pred)
     colours = palette()
     classes = np.unique(t[t >= 0])
-    by_label = class_names is not None and (not classes.size or (classes.min() >= 0 and classes.max() < len(class_names)))
+    by_label = class_names is not None and (not classes.size or classes.max() < len(class_names))
     slot = {int(c): (int(c) if by_label else i) for i, c in enumerate(classes)}
     n_slots = len(class_names) if by_label else len(classes)
     class_colours = {c: colours[s % len(colours)] for c, s in slot.items()}
@@ -223,7 +224,8 @@ def scatter_colours(labels_true, labels_pred, class_names: Sequence[str] | None 
     cluster_colours = {int(k): class_colours[c] for k, c in m.cluster_to_class.items()}
     unmatched = sorted((int(k) for k in clusters if int(k) not in cluster_colours),
                        key=lambda k: (-sizes[np.searchsorted(clusters, k)], k))
-    free = [i for i in range(len(colours)) if i >= n_slots or i not in set(slot.values())]
+    used = {s % len(colours) for s in slot.values()}
+    free = [i for i in range(len(colours)) if i not in used]  # a class's colour is never a cluster's
     for i, k in enumerate(unmatched):
         cluster_colours[k] = colours[free[i % len(free)]] if free else colours[(n_slots + i) % len(colours)]
     repeated = max(0, len(class_colours) + len(unmatched) - len(colours))
@@ -273,8 +275,9 @@ def scatter_figure(xy: np.ndarray, labels_true, labels_pred, title: str = "", cl
     if (t < 0).any():
         handles.append(Line2D([], [], ls="", marker="o", markersize=7, color=UNLABELLED_COLOUR, label="no label"))
     if handles:
-        legend_title = ("class (a matched cluster takes its class's colour)" if len(colours.class_colours) <= MAX_LEGEND_CLASSES
-                        else f"{len(colours.class_colours)} classes, too many to list; a matched cluster takes its class's colour")
+        n_classes = len(colours.class_colours)
+        legend_title = ("class" if n_classes <= MAX_LEGEND_CLASSES else f"{n_classes} classes, too many to list;")
+        legend_title += " (a matched cluster takes its class's colour)"
         if colours.repeated:
             legend_title += f"; colours repeat for {colours.repeated} clusters"
         fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 8), fontsize=8,
