@@ -293,7 +293,13 @@ def _require_experiment(uri, name: str) -> None:
 def cmd_ui(args) -> int:
     from .tracking import start_ui
 
-    return start_ui(args.uri, args.host, args.port)
+    return start_ui(args.uri, args.host, args.port, experiment=args.experiment, open_browser=not args.no_browser)
+
+
+def cmd_dashboard(args) -> int:
+    from .tracking import start_dashboard
+
+    return start_dashboard(args.storage, args.host, args.port, study=args.study, open_browser=not args.no_browser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -367,7 +373,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uri", default=None, help="tracking URI [$MLFLOW_TRACKING_URI or ./mlruns/mlflow.db]")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--experiment", default=None, help="experiment whose runs table the link opens [the one with the latest run]")
+    p.add_argument("--no-browser", action="store_true", help="print the link only, do not open a browser")
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("dashboard", help="start optuna-dashboard on the study storage (pip install 'zsclust[dashboard]')")
+    p.add_argument("--storage", default=None, help="Optuna storage URL [sqlite:///mlruns/optuna.db]")
+    p.add_argument("--study", default=None, help="open this study's page")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--no-browser", action="store_true", help="print the link only, do not open a browser")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("encoders", help="list registered encoders: name, group, feature size, weights source")
     p.add_argument("pattern", nargs="?", default=None, help="fnmatch pattern, e.g. '*dino*'")

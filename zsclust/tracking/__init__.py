@@ -1,11 +1,30 @@
 """MLflow tracking: the store (embedded SQLite default or a server), runs, and plots as artifacts."""
 
+from ._dashboard import start_dashboard
+from ._describe import context_tags, dataset_input, run_description, system_metrics
 from ._mlflow import MLflowTracker, git_commit, iter_runs
-from ._plots import plot_contingency, plot_scatter
+from ._plots import (
+    ColourAssignment,
+    ContingencySummary,
+    contingency_summary,
+    match_clusters,
+    plot_contingency,
+    plot_scatter,
+    scatter_colours,
+)
 from ._recorder import RecordingTracker, replay
-from ._store import artifact_root_for, default_store_dir, resolve_tracking_uri, start_ui, ui_command
+from ._store import (
+    artifact_root_for,
+    default_store_dir,
+    experiment_runs_url,
+    resolve_tracking_uri,
+    start_ui,
+    ui_command,
+)
 
 __all__ = [
-    "MLflowTracker", "RecordingTracker", "artifact_root_for", "default_store_dir", "git_commit", "iter_runs", "plot_contingency", "plot_scatter",
-    "replay", "resolve_tracking_uri", "start_ui", "ui_command",
+    "ColourAssignment", "ContingencySummary", "MLflowTracker", "RecordingTracker", "artifact_root_for",
+    "context_tags", "contingency_summary", "dataset_input", "default_store_dir", "experiment_runs_url", "git_commit",
+    "iter_runs", "match_clusters", "plot_contingency", "plot_scatter", "replay", "resolve_tracking_uri",
+    "run_description", "scatter_colours", "start_dashboard", "start_ui", "system_metrics", "ui_command",
 ]

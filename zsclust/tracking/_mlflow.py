@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ._store import check_reachable, get_or_create_experiment, resolve_tracking_uri
+from ._store import (DEFAULT_COLUMNS, DEFAULT_VIEW_KEY, SHARED_VIEW_TAG, check_reachable, default_view_state,
+                     experiment_runs_url, get_or_create_experiment, resolve_tracking_uri)
 
 MAX_PARAM_LEN = 6000  # MLflow 3's limit on a param value
 BATCH = 100  # log_batch takes at most 100 params per call
@@ -84,6 +85,50 @@ class MLflowTracker:
 
     def run_url(self, run_id: str) -> str:
         return f"{self.uri} experiment {self.experiment_id} run {run_id}"
+
+    # -- what the MLflow UI shows a researcher (see zsclust/tracking/_describe.py) --
+
+    def set_experiment_description(self, text: str) -> None:
+        """The experiment's description (Markdown), shown above its runs table."""
+        from ._describe import NOTE_TAG
+
+        self.client.set_experiment_tag(self.experiment_id, NOTE_TAG, text)
+
+    def set_default_view(self, columns=DEFAULT_COLUMNS, order_by: str | None = "ami") -> None:
+        """The runs table's columns (metric names) and sort that ``zsclust ui``'s link opens."""
+        self.client.set_experiment_tag(self.experiment_id, SHARED_VIEW_TAG + DEFAULT_VIEW_KEY,
+                                       default_view_state(columns, order_by))
+
+    def describe_run(self, run_id: str, encoder: str, dataset: str, split: str, reducer: str, clusterer: str,
+                     metrics: dict[str, float] | None = None, **facts) -> None:
+        """The run's description: what ran on what and its headline scores (see ``run_description``)."""
+        from ._describe import NOTE_TAG, run_description
+
+        self.set_tags(run_id, {NOTE_TAG: run_description(encoder, dataset, split, reducer, clusterer, metrics, **facts)})
+
+    def set_context_tags(self, run_id: str, source_name: str | None = None) -> None:
+        """``mlflow.user``, ``mlflow.source.name`` / ``.type`` / ``.git.commit``: the UI's User and Source columns."""
+        from ._describe import context_tags
+
+        self.set_tags(run_id, context_tags(source_name))
+
+    def log_dataset(self, run_id: str, name: str, digest: str, n_samples: int, *, context: str | None = None,
+                    source: str | None = None, profile: dict | None = None) -> None:
+        """The run's dataset as an MLflow dataset input: ``digest`` the embedding fingerprint, ``context`` the split."""
+        from ._describe import dataset_input
+
+        self.client.log_inputs(run_id, datasets=[dataset_input(name, digest, n_samples, context=context,
+                                                               source=source, profile=profile)])
+
+    def system_metrics(self, run_id: str, interval: float = 10.0):
+        """Context manager: ``system/*`` metrics (CPU, memory, disk, network, GPU) of ``run_id`` while inside."""
+        from ._describe import system_metrics
+
+        return system_metrics(run_id, self.uri, interval)
+
+    def ui_link(self, server: str = "http://127.0.0.1:5000") -> str:
+        """The link to this experiment's runs table on the MLflow UI at ``server``."""
+        return experiment_runs_url(server, self.experiment_id)
 
 
 def iter_runs(client, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None):

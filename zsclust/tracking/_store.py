@@ -62,14 +62,42 @@ def artifact_root_for(uri: str) -> str | None:
     return folder.as_uri()
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+# MLflow 3's UI opens an experiment of this kind on its runs table, not on the GenAI overview.
+MACHINE_LEARNING_KIND = "custom_model_development"
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + key: a runs-table view the UI loads from ?viewStateShareKey=key
+DEFAULT_VIEW_KEY = "zsclust"
+DEFAULT_COLUMNS = ("ami", "ari", "n_clusters", "noise_fraction", "silhouette_umap50")
+
+
+def default_view_state(columns=DEFAULT_COLUMNS, order_by: str | None = "ami") -> str:
+    """The runs-table view (metric columns, sort) as MLflow 3's UI stores a shared view: JSON in a tag."""
+    import json
+
+    state = {"selectedColumns": ["attributes.`Dataset`", *(f"metrics.`{c}`" for c in columns)]}
+    if order_by:
+        state.update(orderByKey=f"metrics.`{order_by}`", orderByAsc=False)
+    return json.dumps(state)
+
+
+def researcher_tags(exp) -> dict[str, str]:
+    """Experiment tags that open it where a researcher wants it: the runs table with the score columns."""
+    have = dict(getattr(exp, "tags", None) or {})
+    tags = {EXPERIMENT_KIND_TAG: MACHINE_LEARNING_KIND, SHARED_VIEW_TAG + DEFAULT_VIEW_KEY: default_view_state()}
+    return {k: v for k, v in tags.items() if k not in have}
+
+
 def get_or_create_experiment(client, name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        for key, value in researcher_tags(exp).items():
+            client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_experiment_artifacts(uri, name))
+        return client.create_experiment(name, artifact_location=_experiment_artifacts(uri, name),
+                                        tags=researcher_tags(None))
     except Exception:  # another worker created it first
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -104,16 +132,120 @@ def ui_command(uri: str | None = None, host: str = "127.0.0.1", port: int = 5000
     return cmd
 
 
-def start_ui(uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> int:
-    """Run the MLflow UI until Ctrl-C or SIGTERM, then stop it with every process it started."""
+def experiment_runs_url(server: str, experiment_id: str | None, view_key: str | None = DEFAULT_VIEW_KEY) -> str:
+    """The link to an experiment's runs table in MLflow 3's machine-learning view (its UI routes by ``#/``).
+
+    Without ``workflowType=machine_learning`` MLflow 3 opens its GenAI pages; ``viewStateShareKey``
+    loads the view saved in the experiment's ``mlflow.sharedViewState.<key>`` tag (columns, sort).
+    """
+    server = server.rstrip("/")
+    if experiment_id is None:
+        return f"{server}/#/experiments?workflowType=machine_learning"
+    query = "workflowType=machine_learning" + (f"&viewStateShareKey={view_key}" if view_key else "")
+    return f"{server}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def pick_experiment(uri: str, name: str | None = None):
+    """The experiment ``name``, else the active one with the latest run (``None`` for an empty store).
+
+    A name that does not exist is a ConfigError listing the experiments there.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from ..errors import did_you_mean
+
+    client = MlflowClient(uri)
+    if name:
+        exp = client.get_experiment_by_name(name)
+        if exp is None or exp.lifecycle_stage == "deleted":
+            names = [e.name for e in client.search_experiments()]
+            raise ConfigError(f"No MLflow experiment '{name}' in {uri.split('@')[-1]}.{did_you_mean(name, names)} "
+                              f"Experiments there: {', '.join(names) or '(none)'}. Pass one of them to --experiment, "
+                              "or leave it out to open the latest.")
+        return exp
+    exps = client.search_experiments()
+    if not exps:
+        return None
+    latest = client.search_runs([e.experiment_id for e in exps], max_results=1, order_by=["attributes.start_time DESC"])
+    if latest:
+        return next(e for e in exps if e.experiment_id == latest[0].info.experiment_id)
+    named = [e for e in exps if e.name != "Default"]
+    return named[0] if named else exps[0]
+
+
+def _ui_link(server: str, exp) -> str:
+    if exp is None:
+        return experiment_runs_url(server, None)
+    has_view = SHARED_VIEW_TAG + DEFAULT_VIEW_KEY in (exp.tags or {})
+    return experiment_runs_url(server, exp.experiment_id, DEFAULT_VIEW_KEY if has_view else None)
+
+
+def open_in_browser(url: str) -> bool:
+    """Open ``url`` in a graphical browser if there is one; never in a text browser that would take the terminal."""
+    import webbrowser
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        return False
+    if isinstance(browser, webbrowser.GenericBrowser) and browser.name in ("www-browser", "links", "elinks", "lynx", "w3m"):
+        return False
+    return bool(browser.open(url))
+
+
+def wait_until_serving(url: str, proc: subprocess.Popen | None = None, timeout: float = 180.0) -> bool:
+    """Poll ``url`` until it answers; False when ``proc`` exits first or ``timeout`` passes."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            urllib.request.urlopen(url, timeout=5).read()
+            return True
+        except Exception:
+            time.sleep(0.5)
+    return False
+
+
+def start_ui(uri: str | None = None, host: str = "127.0.0.1", port: int = 5000, experiment: str | None = None,
+             open_browser: bool = True) -> int:
+    """Run the MLflow UI until Ctrl-C or SIGTERM, print (and open) the link to the experiment's runs table.
+
+    The link goes to ``experiment`` or, without one, to the experiment with the latest run. A tracking
+    server (``http(s)://``) is already a UI: its link is printed and nothing is started.
+    """
     import signal
 
+    uri = resolve_tracking_uri(uri)
+    remote = uri.startswith(("http://", "https://"))
+    if remote:
+        check_reachable(uri)
+    exp = pick_experiment(uri, experiment)
+    if exp is not None and not remote:  # experiments made before zsclust set these tags
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        for key, value in researcher_tags(exp).items():
+            client.set_experiment_tag(exp.experiment_id, key, value)
+        exp = client.get_experiment(exp.experiment_id)
+    if remote:
+        link = _ui_link(uri, exp)
+        print(f"MLflow runs: {link}", flush=True)
+        if open_browser:
+            open_in_browser(link)
+        return 0
     cmd = ui_command(uri, host, port)
     env = dict(os.environ)
     # MLflow 3's server starts a pool of job workers (GenAI features zsclust does not use): on a
     # small machine they take more CPU than the UI itself.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    print(f"MLflow UI on http://{host}:{port}  (store: {resolve_tracking_uri(uri)}); Ctrl-C stops it.")
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    server = f"http://{local}:{port}"
+    print(f"Starting the MLflow UI on {server} (store: {uri.split('@')[-1]}) ...", flush=True)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
 
     def _stop(signum, frame):
@@ -121,6 +253,14 @@ def start_ui(uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) 
 
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
+        if wait_until_serving(f"{server}/health", proc):
+            link = _ui_link(server, exp)
+            what = f"experiment '{exp.name}'" if exp is not None else "experiments"
+            print(f"MLflow runs of {what}: {link}\nCtrl-C stops the UI.", flush=True)
+            if open_browser:
+                open_in_browser(link)
+        elif proc.poll() is None:
+            print(f"The MLflow UI did not answer within 3 minutes; it may still come up on {server}.", flush=True)
         return proc.wait()
     except KeyboardInterrupt:
         stop_process_group(proc)
