@@ -200,12 +200,16 @@ class ClusteringPipeline:
                 run_id = self.tracker.start_run(self._run_name(job), tags=self._tags(embeddings, job))
                 result.run_id = run_id
                 self.tracker.log_params(run_id, result.params)
-            out = run_job(data, job, seed=self.seed, cache=self.reduction_cache, scoring=self.scoring,
-                          umap50=extras["umap50"])
+                self.tracker.log_dataset(run_id, self.context.get("data.name", "?"), embeddings.fingerprint,
+                                         len(data.X), context=self.context.get("data.split"))
+            with self._system_metrics(run_id):
+                out = run_job(data, job, seed=self.seed, cache=self.reduction_cache, scoring=self.scoring,
+                              umap50=extras["umap50"])
             result.metrics, result.labels_pred = out.metrics, out.labels
             if self.tracker is not None:
                 self.tracker.log_metrics(run_id, result.metrics)
-                self._log_artifacts(run_id, embeddings, data, out.labels, extras["scatter"], job)
+                self.tracker.set_tags(run_id, self._description(job, result.metrics, embeddings))
+                self._log_artifacts(run_id, embeddings, data, out.labels, extras["scatter"], job, result.metrics)
                 self.tracker.end_run(run_id)
         except Exception as e:  # noqa: BLE001 - one job's failure (a bad setting, a library error) must not stop the others
             result.error = e.user_message if isinstance(e, ZsclustError) else f"{type(e).__name__}: {e}"
@@ -215,6 +219,23 @@ class ClusteringPipeline:
         return result
 
     # -- what a run records --------------------------------------------------------------------
+    def _system_metrics(self, run_id):
+        """CPU/memory/GPU metrics of the job's run while it computes (a live MLflow run only; psutil needed)."""
+        import contextlib
+
+        monitor = getattr(self.tracker, "system_metrics", None)
+        return monitor(run_id) if run_id is not None and monitor is not None else contextlib.nullcontext()
+
+    def _description(self, job: JobSpec, metrics: dict, embeddings) -> dict:
+        """The run's description tag: what ran on what, and its headline scores."""
+        from ..tracking._describe import NOTE_TAG, run_description
+
+        c = self.context
+        text = run_description(c.get("encoder.name", "?"), c.get("data.name", "?"), c.get("data.split", "?"),
+                               _inline(job.reducer), f"{job.label} ({_inline(job.clusterer)})", metrics,
+                               n_samples=len(embeddings), fingerprint=embeddings.fingerprint)
+        return {NOTE_TAG: text}
+
     def _run_name(self, job: JobSpec) -> str:
         c = self.context
         return f"{c.get('encoder.name', '?')}/{c.get('data.name', '?')}:{c.get('data.split', '?')}/{job.label}"
@@ -234,7 +255,7 @@ class ClusteringPipeline:
                 "clusterer": job.clusterer.get("name"), "zsclust.job": self.job_key(job.label),
                 **{f"zsclust.skipped.{k}": v[:500] for k, v in self.skipped_extras.items()}}
 
-    def _log_artifacts(self, run_id, embeddings, data: JobData, pred, scatter, job: JobSpec) -> None:
+    def _log_artifacts(self, run_id, embeddings, data: JobData, pred, scatter, job: JobSpec, metrics: dict) -> None:
         from ..tracking import plot_contingency, plot_scatter
 
         y = np.asarray(embeddings.labels)
@@ -248,11 +269,17 @@ class ClusteringPipeline:
                 self.tracker.log_text(run_id, self.job_config(job), "config.yaml")
             if self.plots:
                 classes = embeddings.meta.get("dataset", {}).get("classes") or None
+                title = self._run_name(job)
                 if (y >= 0).any():
-                    self.tracker.log_artifact(run_id, plot_contingency(y, pred, tmp / "contingency.png", classes), "plots")
+                    self.tracker.log_artifact(run_id, plot_contingency(y, pred, tmp / "contingency.png", classes,
+                                                                       title=title), "plots")
                 if scatter is not None:
-                    title = self._run_name(job)
-                    self.tracker.log_artifact(run_id, plot_scatter(scatter, y, pred, tmp / "umap2d.png", title), "plots")
+                    self.tracker.log_artifact(run_id, plot_scatter(scatter, y, pred, tmp / "umap2d.png", title,
+                                                                   class_names=classes, metrics=metrics), "plots")
+
+
+def _inline(node: Mapping) -> str:
+    return ", ".join(f"{k}={v}" for k, v in node.items())
 
 
 def _n_components(node) -> int:

@@ -39,10 +39,12 @@ class MLflowTracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_name = experiment
         self.experiment_id = _first_contact(lambda: get_or_create_experiment(self.client, experiment, self.uri))
-        self.base_tags = {"zsclust.version": __version__}
-        commit = git_commit()
-        if commit:
-            self.base_tags["git.commit"] = commit
+        from ._describe import context_tags
+
+        # who ran it, from what command, at which commit: MLflow's User and Source columns, on every run
+        self.base_tags = {"zsclust.version": __version__, **context_tags()}
+        if "mlflow.source.git.commit" in self.base_tags:
+            self.base_tags["git.commit"] = self.base_tags["mlflow.source.git.commit"]
 
     def start_run(self, run_name: str, tags: dict | None = None, parent_run_id: str | None = None) -> str:
         all_tags = {**self.base_tags, **{k: str(v) for k, v in (tags or {}).items() if v is not None}}

@@ -46,6 +46,9 @@ class RecordingTracker:
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.ops.append(("log_text", run_id, text, artifact_file))
 
+    def log_dataset(self, run_id: str, name: str, digest: str, n_samples: int, **kwargs) -> None:
+        self.ops.append(("log_dataset", run_id, name, digest, n_samples, dict(kwargs)))
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.ops.append(("end_run", run_id, status))
 
@@ -78,6 +81,8 @@ def replay(ops: list[tuple], tracker, extra_tags: dict | None = None) -> dict[st
             tracker.log_artifact(ids[rid], op[2], op[3])
         elif kind == "log_text":
             tracker.log_text(ids[rid], op[2], op[3])
+        elif kind == "log_dataset":
+            tracker.log_dataset(ids[rid], op[2], op[3], op[4], **op[5])
         elif kind == "end_run":
             tracker.end_run(ids[rid], status=op[2])
         else:

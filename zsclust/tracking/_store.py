@@ -82,9 +82,21 @@ def default_view_state(columns=DEFAULT_COLUMNS, order_by: str | None = "ami") ->
 
 def researcher_tags(exp) -> dict[str, str]:
     """Experiment tags that open it where a researcher wants it: the runs table with the score columns."""
+    from ._describe import NOTE_TAG
+
     have = dict(getattr(exp, "tags", None) or {})
-    tags = {EXPERIMENT_KIND_TAG: MACHINE_LEARNING_KIND, SHARED_VIEW_TAG + DEFAULT_VIEW_KEY: default_view_state()}
+    tags = {EXPERIMENT_KIND_TAG: MACHINE_LEARNING_KIND, SHARED_VIEW_TAG + DEFAULT_VIEW_KEY: default_view_state(),
+            NOTE_TAG: EXPERIMENT_NOTE}
     return {k: v for k, v in tags.items() if k not in have}
+
+
+EXPERIMENT_NOTE = (
+    "zsclust: can a pretrained image encoder cluster a dataset it never saw? One run per encoder x dataset x "
+    "split x job (a reducer, then a clusterer), with params under their config keys (`clusterer.linkage`, "
+    "`reducer.n_components`). **ami** is the primary score; **silhouette_umap50** is the label-free proxy (the "
+    "silhouette of the predicted labels in one fixed UMAP-50 space of the embeddings, noise kept as a label). "
+    "Studies (`zsclust tune`) appear as parent runs with one child run per trial; `zsclust report` runs hold the "
+    "tables and figures.")
 
 
 def get_or_create_experiment(client, name: str, uri: str) -> str:
