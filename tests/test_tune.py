@@ -98,10 +98,10 @@ def test_dotted_keys_groups_and_the_ward_condition():
     assert space.build(params)[1]["metric"] == "euclidean"  # ... but set
     avg = space.suggest(optuna.trial.FixedTrial({**ward.params, "clusterer.linkage": "average", "clusterer.metric": "cosine"}))
     assert space.build(avg) == ({"name": "pca", "n_components": 50},
-                                {"name": "agglomerative", "n_clusters": None, "linkage": "average", "metric": "cosine",
-                                 "distance_threshold": 3.0})
+                                {"name": "agglomerative", "n_clusters": None, "normalize": True, "linkage": "average",
+                                 "metric": "cosine", "distance_threshold": 3.0})
     k = load_tune_config(None, ["space.clusterer=agglomerative_k", "space.reducer=none", "study.sampler=grid"])[0]
-    assert len(SearchSpace(k.space).grid()) == 1 + 3 * 3  # ward x euclidean + 3 linkages x 3 metrics
+    assert len(SearchSpace(k.space).grid()) == 1 + 3 * 4  # ward x euclidean + 3 linkages x 4 metrics
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -166,7 +166,8 @@ def test_a_small_study_finds_k_beats_the_default_and_is_tracked(tmp_path):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 16 and parent.info.status == "FINISHED"
     assert {"clusterer.linkage", "clusterer.distance_threshold", "reducer.name"} <= set(children[0].data.params)
-    assert {"blobs.ami", "blobs.silhouette_umap50", "blobs.n_clusters", "value"} <= set(children[0].data.metrics)
+    assert all({"blobs.ami", "blobs.n_clusters", "value"} <= set(c.data.metrics) for c in children)
+    assert any("blobs.silhouette_umap50" in c.data.metrics for c in children)  # NaN (one cluster) is not logged
     assert parent.data.metrics["best_value"] == pytest.approx(result.best_value)
     assert parent.data.params["best.clusterer.linkage"] == parent.data.tags["best.clusterer.linkage"]
     assert -1 <= parent.data.metrics["spearman_silhouette_ami"] <= 1

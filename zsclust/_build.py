@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._paths import reduction_cache_dir
-from .config import choice_dirs, find_choice, to_container, to_yaml
+from .config import choice_dirs, find_choice, job_seed, to_container, to_yaml
 from .errors import ConfigError
 
 NODES = ("reducer", "clusterer")
@@ -241,7 +241,7 @@ def make_pipeline(cfg, context: dict, *, tracker=None, identity: dict | None = N
     from .cluster import ClusteringPipeline, ReductionCache, Scoring
 
     return ClusteringPipeline(
-        expand_jobs(cfg) if jobs is None else jobs, seed=cfg.seed,
+        expand_jobs(cfg) if jobs is None else jobs, seed=job_seed(cfg, context.get("data.split")),
         reduction_cache=ReductionCache(reduction_cache_dir(cfg)), tracker=tracker, context=context,
         scoring=Scoring.from_config(cfg.evaluation), plots=cfg.tracking.plots, job_config=job_config_text(cfg, context),
         identity=identity,

@@ -182,6 +182,11 @@ def cmd_tune(args) -> int:
         for cfg in cfgs:
             print(to_yaml(cfg))
         return 0
+    if args.status:
+        from .tune import study_status
+
+        print("\n\n".join(study_status(cfg) for cfg in cfgs))
+        return 0
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and one line per trial say it
@@ -297,7 +302,7 @@ def cmd_ui(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-    from .tracking import start_dashboard
+    from .tune import start_dashboard
 
     return start_dashboard(args.storage, args.host, args.port, study=args.study, open_browser=not args.no_browser)
 
@@ -335,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tune on exported val embeddings instead of embedding datasets (repeat for several)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config(s) and exit")
+    p.add_argument("--status", action="store_true", help="each study's trials (complete, running, failed, best so "
+                                                         "far) from its storage, running nothing")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", help="apply a study's best params to the test split of each target dataset")

@@ -82,6 +82,18 @@ class EvalConfig:
     umap_seed: int = 42  # the label-free UMAP-50 space's own seed (the study's), independent of the job's
 
 
+STUDY_SEEDS = {"val": 100, "other": 1}
+"""The study's seeds: 100 for runs on validation splits (tuning), 1 for runs on test splits."""
+
+
+def job_seed(cfg, split: str | None = None) -> int:
+    """``cfg.seed``, else the study's seed for the split the jobs run on."""
+    if cfg.get("seed") is not None:
+        return int(cfg.seed)
+    split = split or cfg.data.split
+    return STUDY_SEEDS["val"] if split == "val" else STUDY_SEEDS["other"]
+
+
 def _default_clusterers() -> list:
     return ["ac_k", "kmeans", "hdbscan"]
 
@@ -106,7 +118,7 @@ class RunConfig:
     jobs: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)  # command-line settings of every job's nodes
     search_path: list[str] = field(default_factory=list)  # folders with reducer/ and clusterer/ choices
-    seed: int = 0
+    seed: Optional[int] = None  # None: the study's, 100 for a val split and 1 for any other (see job_seed)
     reduction_cache: Optional[str] = None  # None: <embedding cache>/../reductions
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)

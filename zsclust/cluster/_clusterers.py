@@ -32,9 +32,12 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from numbers import Real
+
 import numpy as np
 import sklearn.cluster as skc
 from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.utils._param_validation import Interval
 
 from zsclust.cluster._memory import check_fit_memory, register_estimator
 from zsclust.cluster._validation import _validate_sklearn_params, check_at_most_n, check_embeddings, check_param_names
@@ -168,9 +171,30 @@ class KMeansClusterer(GuardedClusterMixin, skc.KMeans):
 class AgglomerativeClusterer(GuardedClusterMixin, skc.AgglomerativeClustering):
     """Agglomerative clustering with either K (``n_clusters``) or ``distance_threshold`` (K unknown).
 
+    ``normalize`` (only with a ``distance_threshold``) is the study's "AC w/o C" scaling, so that one
+    threshold means the same for every encoder and dimensionality: centre the features, divide by the
+    mean over dimensions of the per-dimension standard deviation, then by sqrt(d) for euclidean (and
+    ward) or d for L1 distances (other metrics: no extra division; cosine ignores the scale anyway).
+
     Without ``connectivity`` scipy builds an N(N-1)/2 distance matrix (twice), which the memory
     guard accounts for; single linkage with a fast metric needs only linear memory.
     """
+
+    _parameter_constraints: dict = {**skc.AgglomerativeClustering._parameter_constraints, "normalize": ["boolean"]}
+
+    def __init__(self, n_clusters=2, *, metric="euclidean", memory=None, connectivity=None, compute_full_tree="auto",
+                 linkage="ward", distance_threshold=None, compute_distances=False, normalize=False):
+        super().__init__(n_clusters=n_clusters, metric=metric, memory=memory, connectivity=connectivity,
+                         compute_full_tree=compute_full_tree, linkage=linkage, distance_threshold=distance_threshold,
+                         compute_distances=compute_distances)
+        self.normalize = normalize
+
+    def fit(self, X, y=None):
+        """Check, scale the features when ``normalize`` is set with a threshold, then cluster. Returns self."""
+        X = self._prepare_fit(X)
+        if self.normalize and self.distance_threshold is not None:
+            X = threshold_scale(X, self.metric)
+        return skc.AgglomerativeClustering.fit(self, X, y)
 
     def fit_memory(self, n: int, d: int) -> tuple[int, str]:
         from sklearn.metrics._dist_metrics import METRIC_MAPPING64
@@ -202,6 +226,18 @@ class AgglomerativeClusterer(GuardedClusterMixin, skc.AgglomerativeClustering):
 
     def _check_against_data(self, n_samples):
         check_at_most_n(self.n_clusters, n_samples, param="n_clusters", owner=self._display_name())
+
+
+def threshold_scale(X: np.ndarray, metric: str) -> np.ndarray:
+    """The study's feature scaling for a distance threshold (see :class:`AgglomerativeClusterer`)."""
+    X = np.asarray(X, dtype=np.float64)
+    X = X - X.mean(axis=0)
+    spread = float(X.std(axis=0).mean())
+    if spread > 0:
+        X = X / spread
+    d = X.shape[1]
+    divisor = {"euclidean": np.sqrt(d), "l2": np.sqrt(d), "l1": d, "manhattan": d, "cityblock": d}.get(metric, 1.0)
+    return X / divisor
 
 
 @register_clusterer(
@@ -266,8 +302,27 @@ class AffinityPropagationClusterer(GuardedClusterMixin, skc.AffinityPropagation)
 class HDBSCANClusterer(GuardedClusterMixin, skc.HDBSCAN):
     """HDBSCAN (finds K itself; noise is -1; all points may be noise, which is a valid result).
 
-    Non-finite rows are refused like everywhere else (scikit-learn would label them -2/-3).
+    ``max_cluster_size`` may also be a fraction of N in (0, 1] (the study caps clusters at 0.2 N):
+    it is rounded against the data at fit time. Non-finite rows are refused like everywhere else
+    (scikit-learn would label them -2/-3).
     """
+
+    _parameter_constraints: dict = {
+        **skc.HDBSCAN._parameter_constraints,
+        "max_cluster_size": [*skc.HDBSCAN._parameter_constraints["max_cluster_size"],
+                             Interval(Real, 0, 1, closed="right")],
+    }
+
+    def fit(self, X, y=None):
+        """Check, resolve a fractional ``max_cluster_size`` against N, then cluster. Returns self."""
+        X = self._prepare_fit(X)
+        given = self.max_cluster_size
+        if isinstance(given, float):
+            self.max_cluster_size = max(2, int(round(given * X.shape[0])))
+        try:
+            return skc.HDBSCAN.fit(self, X, y)
+        finally:
+            self.max_cluster_size = given
 
     def fit_memory(self, n: int, d: int) -> tuple[int, str]:
         from sklearn.cluster._hdbscan.hdbscan import FAST_METRICS

@@ -181,12 +181,44 @@ class L2Reducer(_CheckedReducerMixin, Normalizer):
     """Scale each embedding to unit L2 norm (euclidean distance then ranks like cosine distance)."""
 
 
-@register_reducer("pca", test_params={"n_components": 3})
+@register_reducer("pca", defaults={"zscore": True}, test_params={"n_components": 3})
 class PCAReducer(_CheckedReducerMixin, PCA):
-    """PCA; ``n_components`` an int (dimensions kept) or a float in (0, 1) (variance kept).
+    """PCA; ``n_components`` an int (dimensions kept), a float in (0, 1) (variance kept) or ``"mle"``.
 
-    An int larger than min(n_samples, n_features) is a ConfigError (see the module docstring).
+    ``zscore`` standardises every dimension first (mean 0, variance 1, ddof 0; a constant dimension
+    becomes 0), as the study does whenever it uses PCA; the registry turns it on, the class (like
+    scikit-learn's PCA) does not. An int larger than min(n_samples, n_features) is a ConfigError (see
+    the module docstring).
     """
+
+    _parameter_constraints: dict = {**PCA._parameter_constraints, "zscore": ["boolean"]}
+
+    def __init__(self, n_components=None, *, zscore=False, copy=True, whiten=False, svd_solver="auto", tol=0.0,
+                 iterated_power="auto", n_oversamples=10, power_iteration_normalizer="auto", random_state=None):
+        super().__init__(n_components=n_components, copy=copy, whiten=whiten, svd_solver=svd_solver, tol=tol,
+                         iterated_power=iterated_power, n_oversamples=n_oversamples,
+                         power_iteration_normalizer=power_iteration_normalizer, random_state=random_state)
+        self.zscore = zscore
+
+    def _standardise(self, X, fit: bool):
+        if not self.zscore:
+            return X
+        if fit:
+            self.zscore_mean_ = X.mean(axis=0)
+            scale = X.std(axis=0)
+            self.zscore_scale_ = np.where(scale > 0, scale, 1.0)
+        return (X - self.zscore_mean_) / self.zscore_scale_
+
+    def fit(self, X, y=None):
+        """Check, standardise when ``zscore``, then fit. Returns self."""
+        PCA.fit(self, self._standardise(self._prepare_fit(X), fit=True))
+        return self
+
+    def fit_transform(self, X, y=None):
+        return PCA.fit_transform(self, self._standardise(self._prepare_fit(X), fit=True))
+
+    def transform(self, X):
+        return PCA.transform(self, self._standardise(self._prepare_transform(X), fit=False))
 
     def fit_memory(self, n: int, d: int) -> tuple[int, str]:
         # the centred copy and the SVD's factors (U at most n x min(n, d)), plus Vt

@@ -171,7 +171,7 @@ def _validate_pipelines(cells: list[Cell]) -> None:
             key = json.dumps(to_jsonable([job.reducer, job.clusterer]), sort_keys=True)
             if key not in found:
                 found[key] = JobSpec(f"{job.label} (as {cell.label} has it)", job.reducer, job.clusterer)
-    ClusteringPipeline(list(found.values()), seed=cells[0].cfg.seed).validate(1000, 128, None, memory=False)
+    ClusteringPipeline(list(found.values())).validate(1000, 128, None, memory=False)
 
 
 def _create_encoder(name, weights):

@@ -1,8 +1,7 @@
 """MLflow tracking: the store (embedded SQLite default or a server), runs, and plots as artifacts."""
 
-from ._dashboard import start_dashboard
-from ._describe import context_tags, dataset_input, run_description, system_metrics
-from ._mlflow import MLflowTracker, git_commit, iter_runs
+from ._describe import context_tags, dataset_input, git_commit, run_description, system_metrics
+from ._mlflow import MLflowTracker, iter_runs
 from ._plots import (
     ColourAssignment,
     ContingencySummary,
@@ -26,5 +25,5 @@ __all__ = [
     "ColourAssignment", "ContingencySummary", "MLflowTracker", "RecordingTracker", "artifact_root_for",
     "context_tags", "contingency_summary", "dataset_input", "default_store_dir", "experiment_runs_url", "git_commit",
     "iter_runs", "match_clusters", "plot_contingency", "plot_scatter", "replay", "resolve_tracking_uri",
-    "run_description", "scatter_colours", "start_dashboard", "start_ui", "system_metrics", "ui_command",
+    "run_description", "scatter_colours", "start_ui", "system_metrics", "ui_command",
 ]

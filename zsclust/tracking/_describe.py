@@ -9,11 +9,14 @@ number of samples in its profile, which the runs table shows in its "Dataset" co
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 NOTE_TAG = "mlflow.note.content"  # the description MLflow's UI shows (and edits) for a run or experiment
@@ -44,14 +47,23 @@ def run_description(encoder: str, dataset: str, split: str, reducer: str, cluste
     return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the zsclust checkout that runs (None for an installed package)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def context_tags(source_name: str | None = None) -> dict[str, str]:
     """MLflow's context tags: who ran it (``mlflow.user``), from what (``mlflow.source.*``), at which commit.
 
     The UI shows the source name's last path segment, so it is the command (``zsclust sweep``); the
     full command line goes in ``zsclust.command``.
     """
-    from ._mlflow import git_commit
-
     try:
         user = getpass.getuser()
     except Exception:  # no user name in the environment or the password database (containers)

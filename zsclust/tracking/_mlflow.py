@@ -7,7 +7,6 @@ workers and nested tuning runs cannot log into each other's runs.
 from __future__ import annotations
 
 import math
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,6 @@ from ._store import (DEFAULT_COLUMNS, DEFAULT_VIEW_KEY, SHARED_VIEW_TAG, check_r
 
 MAX_PARAM_LEN = 6000  # MLflow 3's limit on a param value
 BATCH = 100  # log_batch takes at most 100 params per call
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 class MLflowTracker:

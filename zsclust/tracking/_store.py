@@ -7,6 +7,7 @@ with artifacts in ``mlruns/artifacts`` beside it: no server needed, and ``zsclus
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -230,8 +231,6 @@ def start_ui(uri: str | None = None, host: str = "127.0.0.1", port: int = 5000, 
     The link goes to ``experiment`` or, without one, to the experiment with the latest run. A tracking
     server (``http(s)://``) is already a UI: its link is printed and nothing is started.
     """
-    import signal
-
     uri = resolve_tracking_uri(uri)
     remote = uri.startswith(("http://", "https://"))
     if remote:
@@ -260,19 +259,30 @@ def start_ui(uri: str | None = None, host: str = "127.0.0.1", port: int = 5000, 
     print(f"Starting the MLflow UI on {server} (store: {uri.split('@')[-1]}) ...", flush=True)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
 
+    def ready() -> None:
+        link = _ui_link(server, exp)
+        what = f"experiment '{exp.name}'" if exp is not None else "experiments"
+        print(f"MLflow runs of {what}: {link}\nCtrl-C stops the UI.", flush=True)
+        if open_browser:
+            open_in_browser(link)
+
+    return serve_in_foreground(proc, f"{server}/health", ready, timeout=180,
+                               late=f"The MLflow UI did not answer within 3 minutes; it may still come up on {server}.")
+
+
+def serve_in_foreground(proc: subprocess.Popen, health_url: str, ready, *, timeout: float = 120,
+                        late: str | None = None) -> int:
+    """Wait for a server started with ``start_new_session=True`` to answer, call ``ready()``, then wait for it;
+    Ctrl-C or SIGTERM stops it with all its children. Returns its exit code (0 when stopped)."""
     def _stop(signum, frame):
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        if wait_until_serving(f"{server}/health", proc):
-            link = _ui_link(server, exp)
-            what = f"experiment '{exp.name}'" if exp is not None else "experiments"
-            print(f"MLflow runs of {what}: {link}\nCtrl-C stops the UI.", flush=True)
-            if open_browser:
-                open_in_browser(link)
-        elif proc.poll() is None:
-            print(f"The MLflow UI did not answer within 3 minutes; it may still come up on {server}.", flush=True)
+        if wait_until_serving(health_url, proc, timeout=timeout):
+            ready()
+        elif proc.poll() is None and late:
+            print(late, flush=True)
         return proc.wait()
     except KeyboardInterrupt:
         stop_process_group(proc)

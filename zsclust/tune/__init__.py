@@ -7,6 +7,7 @@ shared by any number of workers and tracked in MLflow.
 >>> results = tune(cfgs)            # one StudyResult per study
 """
 
+from zsclust.tune._dashboard import start_dashboard
 from zsclust.tune._config import TuneConfig, load_space_group, load_tune_config, parse_embeddings
 from zsclust.tune._evaluate import EvaluationResult, evaluate_study, load_study_config
 from zsclust.tune._objective import Objective, ValidationSet, load_validation_sets, reads_labels
@@ -17,6 +18,7 @@ from zsclust.tune._study import (
     TrialsFailingError,
     default_storage_url,
     open_storage,
+    study_status,
 )
 
 __all__ = [
@@ -39,4 +41,6 @@ __all__ = [
     "open_storage",
     "parse_embeddings",
     "reads_labels",
+    "start_dashboard",
+    "study_status",
 ]

@@ -73,6 +73,7 @@ class StudyConfig:
 class EvaluateConfig:
     targets: Optional[list[str]] = None  # datasets whose test split `zsclust evaluate` scores; default: all
     experiment: str = "zsclust-tuned"
+    seed: int = 1  # the study's seed for test runs (trials run on val with `seed`, the study's 100)
 
 
 def _default_datasets() -> dict:
@@ -97,7 +98,7 @@ class TuneConfig:
     study: StudyConfig = field(default_factory=StudyConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     embed: EmbedOptions = field(default_factory=EmbedOptions)
-    seed: int = 0
+    seed: int = 100  # the study's seed for validation runs: every trial's jobs (and the sampler's, per worker)
     reduction_cache: Optional[str] = None  # None: <embedding cache>/../reductions
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="zsclust-tune"))
     evaluation: EvalConfig = field(default_factory=EvalConfig)

@@ -100,7 +100,9 @@ def evaluate_study(study_name: str, *, storage: str | None = None, overrides=(),
         if cfg.encoder.name != "precomputed" and context["encoder.name"] == "unknown":
             context["encoder.name"] = cfg.encoder.name
         context.update({f"study.best.{k}": v for k, v in best_params.items()})
-        pipeline = make_pipeline(cfg, context, jobs=[job])
+        test_cfg = copy.deepcopy(cfg)
+        test_cfg.seed = cfg.evaluate.seed
+        pipeline = make_pipeline(test_cfg, context, jobs=[job])
         pipeline.validate(len(emb), int(emb.embeddings.shape[1]), count_classes(emb.labels))
         if tracker is None:
             tracker = make_tracker(tracking_cfg)

@@ -29,7 +29,7 @@ from zsclust.errors import ConfigError, ZsclustError
 
 from zsclust._locks import AdvisoryLock, FileLock
 
-__all__ = ["StudyResult", "StudyRunner", "default_storage_url", "open_storage", "TrialsFailingError"]
+__all__ = ["StudyResult", "StudyRunner", "default_storage_url", "open_storage", "study_status", "TrialsFailingError"]
 
 MAX_CONSECUTIVE_FAILURES = 5
 
@@ -507,3 +507,45 @@ class StudyRunner:
 
 def _short(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def study_status(cfg, last: int = 10) -> str:
+    """A study's state from its storage, running nothing: trial counts, the best so far, running and recent trials."""
+    import datetime
+
+    import optuna
+    from optuna.trial import TrialState
+
+    url = cfg.study.storage or default_storage_url()
+    storage = open_storage(url, retry_stale=0)
+    name = cfg.study.name
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return f"study '{name}' ({redact(url)}): not started yet (0 of {cfg.study.n_trials} trials)."
+    trials = study.get_trials(deepcopy=False)
+    count = {st: sum(t.state == st for t in trials) for st in TrialState}
+    lines = [f"study '{name}' ({redact(url)}): {count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} "
+             f"pruned, {count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running, "
+             f"{count[TrialState.WAITING]} waiting; target {cfg.study.n_trials} trials"]
+    try:
+        best = study.best_trial
+        lines.append(f"best so far: trial {best.number}, {cfg.objective.metric} = {best.value:.4f}  "
+                     + "  ".join(f"{k}={_short(v)}" for k, v in best.params.items()))
+    except ValueError:
+        lines.append("best so far: none (no completed trial)")
+    now = datetime.datetime.now()
+    for t in trials:
+        if t.state == TrialState.RUNNING:
+            age = (now - t.datetime_start).total_seconds() if t.datetime_start else float("nan")
+            lines.append(f"running: trial {t.number} for {age:.0f} s  "
+                         + "  ".join(f"{k}={_short(v)}" for k, v in t.params.items()))
+    done = sorted((t for t in trials if t.state.is_finished()), key=lambda t: t.number)[-last:]
+    if done:
+        lines.append(f"last {len(done)} finished:")
+        for t in done:
+            what = (f"{t.value:.4f}" if t.state == TrialState.COMPLETE else t.state.name.lower()
+                    + (f" ({(t.user_attrs.get('zsclust.pruned_reason') or t.user_attrs.get('zsclust.error') or '')[:80]})"
+                       if t.state != TrialState.COMPLETE else ""))
+            lines.append(f"  trial {t.number:>4}: {what}  " + "  ".join(f"{k}={_short(v)}" for k, v in t.params.items()))
+    return "\n".join(lines)

@@ -45,7 +45,7 @@ def resolve_storage(storage: str | None) -> str:
     """``storage``, else the default ``sqlite:///<mlruns>/optuna.db``; a missing SQLite file is a ConfigError."""
     from pathlib import Path
 
-    from ..tune import default_storage_url
+    from ._study import default_storage_url
 
     url = storage or default_storage_url()
     if url.startswith("sqlite:///") and ":memory:" not in url:
@@ -75,16 +75,14 @@ def study_path(url: str, study: str | None) -> str:
 
 def dashboard_command(host: str = "127.0.0.1", port: int = 8080) -> list[str]:
     """The child process's command line; the storage URL goes in ``$ZSCLUST_DASHBOARD_STORAGE``."""
-    return [sys.executable, "-c", "from zsclust.tracking._dashboard import serve; serve()", "--host", host,
+    return [sys.executable, "-c", "from zsclust.tune._dashboard import serve; serve()", "--host", host,
             "--port", str(port)]
 
 
 def start_dashboard(storage: str | None = None, host: str = "127.0.0.1", port: int = 8080, study: str | None = None,
                     open_browser: bool = True) -> int:
     """Serve optuna-dashboard on ``storage`` until Ctrl-C or SIGTERM; print (and open) its link once it answers."""
-    import signal
-
-    from ._store import open_in_browser, stop_process_group, wait_until_serving
+    from ..tracking._store import open_in_browser, serve_in_foreground
 
     _require_dashboard()
     url = resolve_storage(storage)
@@ -94,21 +92,12 @@ def start_dashboard(storage: str | None = None, host: str = "127.0.0.1", port: i
     print(f"Starting optuna-dashboard on {server} (storage: {redact(url)}) ...", flush=True)
     proc = subprocess.Popen(dashboard_command(host, port), env={**os.environ, STORAGE_ENV: url}, start_new_session=True)
 
-    def _stop(signum, frame):
-        raise KeyboardInterrupt
+    def ready() -> None:
+        print(f"Optuna dashboard: {server}{page}\nCtrl-C stops it.", flush=True)
+        if open_browser:
+            open_in_browser(server + page)
 
-    previous = signal.signal(signal.SIGTERM, _stop)
-    try:
-        if wait_until_serving(f"{server}/api/meta", proc, timeout=120):
-            print(f"Optuna dashboard: {server}{page}\nCtrl-C stops it.", flush=True)
-            if open_browser:
-                open_in_browser(server + page)
-        return proc.wait()
-    except KeyboardInterrupt:
-        stop_process_group(proc)
-        return 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return serve_in_foreground(proc, f"{server}/api/meta", ready, timeout=120)
 
 
 def serve(argv: list[str] | None = None) -> None:
