@@ -34,7 +34,7 @@ def test_the_readme_python_section_runs(capsys):
     printed = [line.strip() for line in capsys.readouterr().out.splitlines()]  # progress bars are printed too
     ami = eval(next(line for line in printed if line.startswith("{'kmeans'")))
     assert set(ami) == {"kmeans", "ac_k"} and min(ami.values()) > 0.3  # a real ImageNet encoder on digits
-    assert any(line.startswith("{'clusterer.") and "'clusterer.n_init'" in line for line in printed)  # best params
+    assert any("'clusterer.n_init':" in line for line in printed)  # the study's best params
 
 
 def test_cluster_embeddings_on_arrays_and_by_name(tmp_path):
