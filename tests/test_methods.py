@@ -116,7 +116,7 @@ def test_leiden_leaves_the_global_random_generator_alone(separated):
 @pytest.mark.parametrize("name", ["louvain", "leiden"])
 def test_memory_guard_refuses_the_dense_graph_without_building_it(monkeypatch, name):
     monkeypatch.setenv("ZSCLUST_MEMORY_LIMIT", "1GiB")
-    X = np.zeros((50_000, 2), dtype=np.float32)
+    X = np.zeros((40_000, 2), dtype=np.float32)
     est = create_clusterer(name)
     tracemalloc.start()
     try:
@@ -125,12 +125,12 @@ def test_memory_guard_refuses_the_dense_graph_without_building_it(monkeypatch, n
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 32 * 2**20  # the weight matrix alone would be 18.6 GiB
+    assert peak < 32 * 2**20  # the weight matrix alone would be 11.9 GiB
     msg = str(info.value)
-    assert "N=50,000" in msg and "GiB" in msg and "dense graph" in msg and "graph='knn'" in msg
+    assert "N=40,000" in msg and "GiB" in msg and "dense graph" in msg and "graph='knn'" in msg
     assert not hasattr(est, "labels_")
     knn = create_clusterer(name, graph="knn", n_neighbors=15)  # the same N on a kNN graph fits the budget
-    assert check_fit_memory(knn, 50_000, 2) < 2**30
+    assert check_fit_memory(knn, 40_000, 2) < 2**30
 
 
 def test_dense_louvain_estimate_covers_what_networkx_really_allocates(overlapping):

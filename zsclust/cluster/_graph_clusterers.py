@@ -3,7 +3,7 @@
 Louvain, as the study runs it, builds a *dense* graph over all N points, edge weights 1/(1 + d)
 (d the distance under ``metric``), self-loops removed, and partitions it with networkx's
 ``louvain_communities`` (resolution 1). That graph has N(N-1)/2 edges, and networkx keeps each one
-as Python dicts (about 640 bytes an edge at peak), so it is only for small N: ``fit_memory`` counts
+as Python dicts (up to about 800 bytes an edge at peak), so it is only for small N: ``fit_memory`` counts
 it and the memory guard refuses it where it would not fit. ``graph="knn"`` keeps only each point's
 ``n_neighbors`` nearest neighbours (same weights, symmetrised by keeping an edge found from either
 end): memory linear in N. See docs/methods.md for how the two differ.
@@ -35,14 +35,15 @@ _F64 = 8
 GRAPH_METRICS = {"euclidean", "l2", "l1", "manhattan", "cityblock", "chebyshev", "cosine"}
 
 # Bytes per undirected edge at the peak of networkx's louvain_communities on a weighted graph (the
-# adjacency dicts both ways, the weight dicts, and the working copy of the first aggregation level);
-# measured with tracemalloc on networkx 3.6 (~630 B at N = 300-1200).
-_NX_BYTES_PER_EDGE = 640
+# adjacency dicts both ways, the weight dicts, and the working copy of the first aggregation level):
+# tracemalloc sees ~630 B (networkx 3.6, N = 300-1200), the process's peak RSS 690-755 B at N = 1000-1500
+# (benchmarks/methods_speed.py).
+_NX_BYTES_PER_EDGE = 800
 # Per node: the library's node records and the partition's working sets (matters at small N only).
 _BYTES_PER_NODE = 4096
-# igraph: two int64 endpoints and two int64 index entries in C, the weight as a Python float in the edge
-# attribute list, plus the COO triplet it is built from.
-_IGRAPH_BYTES_PER_EDGE = 128
+# igraph (C, not seen by tracemalloc): the edge list and its indices, the weights, and the arrays they are
+# built from; peak RSS ~220 B an edge at N = 1000-2000 (benchmarks/methods_speed.py).
+_IGRAPH_BYTES_PER_EDGE = 256
 
 
 def affinity_graph(X: np.ndarray, *, graph: str = "dense", metric: str = "euclidean", n_neighbors: int = 15,
@@ -184,7 +185,7 @@ class LouvainClusterer(_CommunityClusterer):
 class LeidenClusterer(_CommunityClusterer):
     """Leiden community detection (igraph's ``community_leiden``, modularity objective) on the same graphs.
 
-    Not in the study; offered because it is fast (C) and compact (~128 B an edge) where networkx's
+    Not in the study; offered because it is fast (C) and compact (~256 B an edge at peak) where networkx's
     Louvain is neither, and it guarantees connected communities. Same parameters as ``louvain``
     plus ``beta`` (randomness of the refinement) and ``n_iterations`` (-1: until stable).
     Needs ``igraph`` (``pip install 'zsclust[methods]'``).
