@@ -67,6 +67,8 @@ from zsclust.cluster._reducers import (
     register_reducer,
 )
 from zsclust.cluster._validation import check_embeddings
+from zsclust.cluster._extra_reducers import EXACT_TSNE_MAX_SAMPLES, KernelPCAReducer, PaCMAPReducer, TSNEReducer
+from zsclust.cluster._graph_clusterers import LeidenClusterer, LouvainClusterer, OPTICSClusterer, affinity_graph
 
 __all__ = [
     "ClusteringPipeline",
@@ -85,6 +87,7 @@ __all__ = [
     "label_free_space",
     "run_job",
     "DEFAULT_SILHOUETTE_SAMPLE_SIZE",
+    "EXACT_TSNE_MAX_SAMPLES",
     "LABEL_METRICS",
     "STUDY_UMAP",
     "AffinityPropagationClusterer",
@@ -92,6 +95,13 @@ __all__ = [
     "GuardedClusterMixin",
     "HDBSCANClusterer",
     "IdentityReducer",
+    "KernelPCAReducer",
+    "LeidenClusterer",
+    "LouvainClusterer",
+    "OPTICSClusterer",
+    "PaCMAPReducer",
+    "TSNEReducer",
+    "affinity_graph",
     "ImportedClusterer",
     "KMeansClusterer",
     "L2Reducer",
