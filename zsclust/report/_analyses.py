@@ -248,8 +248,9 @@ class Ranking:
 
 def wilcoxon_pair(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """``scipy.stats.wilcoxon(x, y)`` with scipy's defaults: two-sided, zero differences dropped
-    (``zero_method="wilcox"``), exact distribution for up to 50 pairs without zeros, else the normal
-    approximation. (statistic, p); NaN when there is nothing to test."""
+    (``zero_method="wilcox"``), ``method="auto"`` (exact up to 50 pairs; with ties or zeros,
+    permutations up to 13 pairs, else the normal approximation). (statistic, p); NaN when every
+    difference is zero."""
     from scipy.stats import wilcoxon
 
     x, y = np.asarray(x, float), np.asarray(y, float)

@@ -94,7 +94,7 @@ def plot_deltas(deltas, groups: list[str], path: Path) -> Path:
     archs = list(dict.fromkeys(d.architecture for d in deltas))
     groups = [g for g in groups if any(d.group == g for d in deltas)]
     per_panel = max(len({d.encoder for d in deltas if d.architecture == a}) for a in archs)
-    fig, axes = plt.subplots(len(groups), len(archs), figsize=(5.4 * len(archs), 0.42 * per_panel * len(groups)
+    fig, axes = plt.subplots(len(groups), len(archs), figsize=(max(6.5, 5.4 * len(archs)), 0.42 * per_panel * len(groups)
                                                                 + 0.9 * len(groups) + 0.6),
                              squeeze=False, sharex=True)
     lim = max([abs(d.mean) + (0 if math.isnan(d.std) else d.std) for d in deltas] + [1.0]) * 1.35
@@ -123,8 +123,8 @@ def plot_deltas(deltas, groups: list[str], path: Path) -> Path:
             if r == 0:
                 ax.set_title(f"{arch}: vs {ref.split('.', 1)[-1]}", fontsize=9)
         axes[-1, c].set_xlabel("AMI − supervised AMI (percentage points)", fontsize=8)
-    fig.suptitle("AMI (mean over clusterers) against the supervised encoder of the same architecture", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle("AMI (mean over clusterers) against the supervised encoder\nof the same architecture", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.98, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -148,7 +148,7 @@ def plot_ranks(rankings: dict, path: Path) -> Path:
         ax.set_xticks(range(1, len(stats) + 1))
         ax.grid(axis="x", alpha=0.3, zorder=0)
         ax.set_xlabel("rank (1 = best), mean ± std", fontsize=8)
-        ax.set_title(f"{title} ({ranking.samples} samples)", fontsize=9)
+        ax.set_title(f"{title} ({ranking.samples} sample{'' if ranking.samples == 1 else 's'})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -17,6 +17,8 @@ from ..cluster import spearman_rho
 from ._collect import SETUP_LABELS, ResultRow, collect_knn_rows, collect_rows
 from ._figures import plot_heatmap, plot_silhouette_vs_ami, plot_tuned_vs_default
 from ._study import study_sections
+
+KNN_JOB = "knn"  # the label of a sweep's kNN jobs (zsclust.sweep._knn.KNN_JOB)
 from ._tables import Table, ami_matrix, dataset_order, method_table, summary_table
 
 SILHOUETTE_KEY = "silhouette_umap50"
@@ -72,7 +74,11 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
             exp_ids.append(exp.experiment_id)
     keys = {job[4] for job in expected if len(job) > 4} if expected else None
     rows = [r for r in collect_rows(client, exp_ids, keys or None) if r.split == split]
-    knn_rows = [r for r in collect_knn_rows(client, exp_ids, keys or None) if r.split == split]
+    knn_keys = {job[4] for job in expected or [] if len(job) > 4 and job[3] == KNN_JOB}
+    knn_rows = [r for r in collect_knn_rows(client, exp_ids, knn_keys or None) if r.split == split]
+    if expected and not knn_keys:  # a grid without sweep.knn: zsclust knn's runs on its encoders and datasets
+        cells = {(r.encoder, r.dataset) for r in rows}
+        knn_rows = [r for r in knn_rows if (r.encoder, r.dataset) in cells]
     result.n_rows = len(rows)
     default = [r for r in rows if r.role == "default"]
     tuned = [r for r in rows if r.role == "tuned"]

@@ -6,7 +6,6 @@ the ``write_table`` callback of :func:`zsclust.report.build_report`, and returns
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +93,8 @@ def study_sections(out: Path, by_method: Mapping[str, list[ResultRow]], encoders
             rankings["clusterers"] = cr
             res.sections += ["## Clusterer ranks", "",
                              f"Clusterers ranked within each (encoder, dataset) cell that has all of them "
-                             f"({cr.samples} cells; CLIP and random-init encoders left out; 1 = best, ties averaged). "
+                             f"({_n(cr.samples, 'cell')}; CLIP and random-init encoders left out; 1 = best, "
+                             "ties averaged). "
                              f"Wilcoxon signed-rank test of each pair on their {name}, paired by cell, two-sided, "
                              "Holm-corrected over all pairs.", "",
                              write_table("clusterer_ranks", _rank_table(cr, "clusterer", "cells", name)),
@@ -104,8 +104,9 @@ def study_sections(out: Path, by_method: Mapping[str, list[ResultRow]], encoders
         if er.samples:
             rankings["encoders"] = er
             res.sections += ["## Encoder ranks", "",
-                             f"Encoders ranked within each dataset on their mean over the clusterers ({er.samples} "
-                             "datasets where every ranked encoder has one; CLIP and random-init encoders left out). "
+                             "Encoders ranked within each dataset on their mean over the clusterers "
+                             f"({_n(er.samples, 'dataset')} where every ranked encoder has one; CLIP and "
+                             "random-init encoders left out). "
                              f"Wilcoxon signed-rank tests on the mean {name}, paired by dataset, two-sided: each "
                              "encoder against its architecture's supervised reference, and against the best-ranked "
                              "encoder; Holm-corrected within each of the two families.", "",
@@ -125,7 +126,7 @@ def study_sections(out: Path, by_method: Mapping[str, list[ResultRow]], encoders
         acc_rows = [(f"{r.encoder} / {r.dataset}", [r.accuracy.get(k) for k in ks])
                     for r in sorted(knn_rows, key=lambda r: (_pos(encoders, r.encoder), _pos(datasets, r.dataset)))]
         acc = Table("kNN probe accuracy (train split as the bank, test split as the queries)", "encoder / dataset",
-                    [f"k={k}" for k in ks], acc_rows)
+                    [f"k={k}" for k in ks], acc_rows, plain={f"k={k}" for k in ks})
         res.sections += ["## kNN probe", "", write_table("knn_accuracy", acc)]
         corr = knn_vs_clusterers(knn, cube.subset(main), ks, mean_all) if cube.methods and main else []
         if corr:
@@ -136,12 +137,17 @@ def study_sections(out: Path, by_method: Mapping[str, list[ResultRow]], encoders
             table = Table(f"Spearman rho between kNN accuracy and {name}, over encoder × dataset cells", "clusterer",
                           [*[f"k={k}" for k in ks], "cells"], rows, counts={"cells"}, plain={f"k={k}" for k in ks},
                           digits=2)
-            png = plot_knn_spearman(matrix, methods, ks, counts, out / "knn_vs_ami.png")
-            res.files.append(png)
             res.knn_spearman = {(c.method, c.k): c.rho for c in corr}
             res.sections += ["", f"Spearman's rho between kNN accuracy at each k and {name}, per clusterer and for "
                              f"the mean over clusterers (CLIP left out, as in the study).", "",
-                             write_table("knn_vs_ami", table), f"![kNN vs AMI]({png.name})", ""]
+                             write_table("knn_vs_ami", table)]
+            if np.isfinite(matrix).any():
+                png = plot_knn_spearman(matrix, methods, ks, counts, out / "knn_vs_ami.png")
+                res.files.append(png)
+                res.sections += [f"![kNN vs AMI]({png.name})", ""]
+            else:
+                res.notes.append("kNN vs AMI: Spearman's rho needs 3+ encoder × dataset cells whose values differ; "
+                                 "no figure")
     elif by_method:
         res.notes.append("no kNN probe runs (sweep.knn: true in the sweep config, or zsclust knn): no kNN vs AMI")
     return res
@@ -157,7 +163,7 @@ def _fewer(used: Mapping[str, list[str]], methods: list[str]) -> str:
 
 def _rank_table(ranking, what: str, samples: str, name: str) -> Table:
     rows = [(s.name, [s.mean_rank, s.std_rank, s.mean_score, float(s.n)]) for s in ranking.stats]
-    return Table(f"{what.capitalize()} ranks (1 = best): mean and std over {ranking.samples} {samples}", what,
+    return Table(f"{what.capitalize()} ranks (1 = best): mean and std over {_n(ranking.samples, samples[:-1])}", what,
                  ["mean rank", "rank std", f"mean {name}", samples], rows, lower_is_better={"mean rank"},
                  counts={samples}, plain={"rank std"})
 
@@ -173,6 +179,10 @@ def _pair_table(ranking, samples: str, name: str, refs: Mapping[str, str] | None
     return Table(f"Wilcoxon signed-rank tests on {name} ({ranking.family})", "pair" if refs is None else "encoder",
                  cols, rows, counts={samples}, formats=P_FORMATS, digits=2,
                  plain={"mean difference (pp)", "W", "p", "p (Holm)"})
+
+
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _pos(order: list[str], item: str) -> int:
