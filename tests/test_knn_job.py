@@ -219,4 +219,7 @@ def test_report_correlates_knn_accuracy_with_ami_per_k_and_clusterer(knn_sweep, 
     assert "## kNN probe" in report and "## Clusterer ranks" in report
     missing = (out / "missing.md").read_text()
     assert "Nothing: every expected job has a finished run." in missing  # the kNN jobs count as expected and done
+    # the same grid read without sweep.knn: the probe's runs on its cells still count, and are not "missing"
+    assert main(["report", str(knn_sweep["config"]), "sweep.knn=false", "--out", str(tmp / "r2"), "--no-log"]) == 0
+    assert (tmp / "r2" / "knn_vs_ami.csv").read_text() == (out / "knn_vs_ami.csv").read_text()
     assert "no supervised reference" not in missing and "no encoder shares an architecture" in missing
