@@ -243,6 +243,41 @@ def cmd_sweep(args) -> int:
     return 1 if summary.failed else 0
 
 
+def _ks(value: str) -> list[int]:
+    try:
+        return [int(k) for k in value.split(",") if k.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ks takes integers separated by commas, e.g. 1,10,20,100,200; got '{value}'") from None
+
+
+def cmd_knn(args) -> int:
+    from .config import load_config, to_yaml
+    from .jobs import knn_probe
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not os.path.isfile(config):  # only overrides were given
+        config, overrides = None, [config, *overrides]
+    if args.no_progress:
+        overrides.append("embed.progress=false")
+    cfg = load_config(config, overrides)
+    if args.print_config:
+        print(to_yaml(cfg))
+        return 0
+    out = knn_probe(cfg, ks=args.ks, temperature=args.temperature, device=args.device)
+    if out is None:  # not global zero
+        return 0
+    result, tracker = out
+    print(f"\nkNN probe: {cfg.encoder.name} on {cfg.data.name} (bank: train split, queries: {cfg.data.split} split)")
+    if result.error:
+        print(f"FAILED: {result.error}", file=sys.stderr)
+        return 1
+    for k, acc in result.accuracy.items():
+        print(f"  k={k:<4d} accuracy {acc:.4f}")
+    if tracker is not None and result.run_id:
+        print(f"MLflow: run {result.run_id} in experiment '{tracker.experiment_name}' at {tracker.uri}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .config import load_config
     from .report import build_report, expected_from_sweep
@@ -361,6 +396,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--status", action="store_true", help="list the cells with their finished and pending jobs, run nothing")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("knn", help="the study's weighted kNN probe: train split as the bank, test split as the "
+                                    "queries, one MLflow run per encoder x dataset")
+    p.add_argument("config", nargs="?", default=None,
+                   help="run YAML (its encoder, data, embed and tracking sections), or a packaged name; defaults if omitted")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. encoder.name=resnet50.tv_in1k data.name=cifar10")
+    p.add_argument("--ks", type=_ks, default=None, help="neighbour counts, comma-separated [1,10,20,100,200]")
+    p.add_argument("--temperature", type=float, default=None, help="vote weight exp(similarity / T) [0.07]")
+    p.add_argument("--device", default="auto", help="where the search runs: auto (CUDA when available), cpu, cuda:1 [auto]")
+    p.add_argument("--no-progress", action="store_true", help="hide the embedding progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=cmd_knn)
 
     p = sub.add_parser("report", help="the study's tables (markdown, CSV, LaTeX) and figures from the MLflow record")
     p.add_argument("config", nargs="?", default=None,

@@ -92,3 +92,41 @@ def evaluate_study(study: str, *, storage: str | None = None, overrides=(), embe
     from .tune import evaluate_study as _evaluate
 
     return _evaluate(study, storage=storage, overrides=overrides, embeddings=embeddings, progress=progress)
+
+
+def knn_probe(cfg, *, ks=None, temperature: float | None = None, device="auto"):
+    """The study's kNN probe for ``cfg``'s encoder × dataset: the train split as the bank, ``cfg.data.split``
+    (test) as the queries, both embedded or loaded from the cache; one MLflow run when tracking is on.
+
+    Returns ``(KnnResult, tracker)``; ``None`` on ranks other than 0. ``ks`` and ``temperature``
+    default to the study's (1, 10, 20, 100, 200) and 0.07. The run's key is the one a sweep with
+    ``sweep.knn: true`` gives the same cell, so either command skips or counts the other's run.
+    """
+    import copy
+
+    from .embed import embed
+    from .encoders import create_encoder
+    from .errors import ConfigError
+    from .knn import BANK_SPLIT, DEFAULT_KS, DEFAULT_TEMPERATURE, knn_job_key, run_knn_job
+    from .knn._inputs import check_ks, check_temperature
+
+    ks = check_ks(DEFAULT_KS if ks is None else ks)
+    temperature = check_temperature(DEFAULT_TEMPERATURE if temperature is None else temperature)
+    if cfg.data.split == BANK_SPLIT:
+        raise ConfigError(f"data.split={BANK_SPLIT}: the kNN probe's queries must be another split than its bank "
+                          f"({BANK_SPLIT}); use data.split=test.")
+    encoder = create_encoder(cfg.encoder.name, weights=cfg.encoder.weights)
+    queries_set = make_dataset(cfg, encoder)
+    bank_cfg = copy.deepcopy(cfg)
+    bank_cfg.data.split = BANK_SPLIT
+    bank_set = make_dataset(bank_cfg, encoder)
+    tracker = make_tracker(cfg)  # an unreachable store fails now, before the embedding
+    options = embed_options(cfg)
+    bank = embed(encoder, bank_set, options=options)
+    queries = embed(encoder, queries_set, options=options)
+    if bank is None or queries is None:
+        return None
+    context = run_context(cfg, dataset_name=queries_set.name)
+    result = run_knn_job(bank, queries, context=context, key=knn_job_key(run_identity(cfg), ks, temperature),
+                         tracker=tracker, ks=ks, temperature=temperature, device=device)
+    return result, tracker

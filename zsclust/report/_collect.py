@@ -91,3 +91,41 @@ def _row(run) -> ResultRow | None:
 
 def group_rank(group: str) -> tuple:
     return (GROUP_ORDER.index(group), group) if group in GROUP_ORDER else (len(GROUP_ORDER), group)
+
+
+@dataclass
+class KnnRow:
+    """One kNN probe run (``zsclust.role=knn``): accuracy per k on one encoder × dataset × split."""
+
+    run_id: str
+    encoder: str
+    dataset: str
+    group: str
+    split: str
+    key: str | None
+    accuracy: dict[int, float] = field(default_factory=dict)
+    start_time: int = 0
+
+
+def collect_knn_rows(client, experiment_ids: list[str], keys: set[str] | None = None) -> list[KnnRow]:
+    """Every FINISHED kNN probe run in the experiments, latest per encoder × dataset × split (with ``keys``:
+    only runs whose ``zsclust.job`` is one of them)."""
+    from ..tracking import iter_runs
+
+    prefix = "knn_accuracy_k"
+    latest: dict[tuple, KnnRow] = {}
+    for run in iter_runs(client, experiment_ids, "attributes.status = 'FINISHED' and tags.`zsclust.role` = 'knn'"):
+        tags, metrics = run.data.tags, run.data.metrics
+        if "encoder" not in tags or "dataset" not in tags:
+            continue
+        key = tags.get("zsclust.job")
+        if keys is not None and key not in keys:
+            continue
+        acc = {int(name[len(prefix):]): v for name, v in metrics.items()
+               if name.startswith(prefix) and name[len(prefix):].isdigit() and v is not None and not math.isnan(v)}
+        row = KnnRow(run.info.run_id, tags["encoder"], tags["dataset"], _group(tags, tags["dataset"]),
+                     tags.get("split", "?"), key, acc, run.info.start_time or 0)
+        ident = (row.encoder, row.dataset, row.split)
+        if ident not in latest or row.start_time > latest[ident].start_time:
+            latest[ident] = row
+    return list(latest.values())

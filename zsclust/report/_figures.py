@@ -83,3 +83,92 @@ def plot_tuned_vs_default(default: list[float], tuned: list[float], labels: list
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_deltas(deltas, groups: list[str], path: Path) -> Path:
+    """AMI difference to the supervised reference (percentage points), mean ± std over a group's datasets.
+
+    One panel per dataset group (rows) and architecture (columns); a bar per encoder, green above
+    zero and red below, labelled with the paired t-test's p and the number of datasets.
+    """
+    archs = list(dict.fromkeys(d.architecture for d in deltas))
+    groups = [g for g in groups if any(d.group == g for d in deltas)]
+    per_panel = max(len({d.encoder for d in deltas if d.architecture == a}) for a in archs)
+    fig, axes = plt.subplots(len(groups), len(archs), figsize=(max(6.5, 5.4 * len(archs)), 0.42 * per_panel * len(groups)
+                                                                + 0.9 * len(groups) + 0.6),
+                             squeeze=False, sharex=True)
+    lim = max([abs(d.mean) + (0 if math.isnan(d.std) else d.std) for d in deltas] + [1.0]) * 1.35
+    for c, arch in enumerate(archs):
+        encs = list(dict.fromkeys(d.encoder for d in deltas if d.architecture == arch))
+        ref = next(d.reference for d in deltas if d.architecture == arch)
+        for r, g in enumerate(groups):
+            ax = axes[r, c]
+            cell = {d.encoder: d for d in deltas if d.architecture == arch and d.group == g}
+            for y, e in enumerate(encs):
+                d = cell.get(e)
+                if d is None:
+                    continue
+                ax.barh(y, d.mean, xerr=None if math.isnan(d.std) else d.std, color="tab:green" if d.mean >= 0
+                        else "tab:red", alpha=0.65, ecolor="black", capsize=3, zorder=3)
+                p = "" if math.isnan(d.p) else f"p={d.p:.2g}, "
+                ax.text(1.02, y, f"{p}n={d.n}", ha="left", va="center", fontsize=7, color="0.25",
+                        transform=ax.get_yaxis_transform(), clip_on=False)
+            ax.axvline(0, color="black", lw=0.8, zorder=2)
+            ax.set_yticks(range(len(encs)), [e.split(".", 1)[-1] for e in encs], fontsize=8)
+            ax.set_ylim(per_panel - 0.5, -0.5)  # the same bar height in every panel
+            ax.set_xlim(-lim, lim)
+            ax.grid(axis="x", alpha=0.3, zorder=0)
+            if c == 0:
+                ax.set_ylabel(g, fontsize=9)
+            if r == 0:
+                ax.set_title(f"{arch}: vs {ref.split('.', 1)[-1]}", fontsize=9)
+        axes[-1, c].set_xlabel("AMI − supervised AMI (percentage points)", fontsize=8)
+    fig.suptitle("AMI (mean over clusterers) against the supervised encoder\nof the same architecture", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.98, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_ranks(rankings: dict, path: Path) -> Path:
+    """Mean rank ± std (1 = best) per item, one panel per ranking (clusterers, encoders)."""
+    n = len(rankings)
+    tallest = max(len(r.stats) for r in rankings.values())
+    fig, axes = plt.subplots(1, n, figsize=(4.8 * n, 0.38 * tallest + 1.4), squeeze=False)
+    for ax, (title, ranking) in zip(axes.flat, rankings.items()):
+        stats = [s for s in ranking.stats if not math.isnan(s.mean_rank)]
+        colours = plt.get_cmap("tab10")
+        for y, s in enumerate(stats):
+            ax.barh(y, s.mean_rank, xerr=s.std_rank, color=colours(y % 10), alpha=0.6, ecolor="black", capsize=3,
+                    zorder=3)
+            ax.plot(s.mean_rank, y, "ok", markerfacecolor="none", zorder=4)
+        ax.set_yticks(range(len(stats)), [s.name for s in stats], fontsize=8)
+        ax.set_ylim(len(stats) - 0.5, -0.5)
+        ax.set_xlim(0, len(stats) + 0.5)
+        ax.set_xticks(range(1, len(stats) + 1))
+        ax.grid(axis="x", alpha=0.3, zorder=0)
+        ax.set_xlabel("rank (1 = best), mean ± std", fontsize=8)
+        ax.set_title(f"{title} ({ranking.samples} sample{'' if ranking.samples == 1 else 's'})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_knn_spearman(matrix: np.ndarray, methods: list[str], ks: list[int], counts: list[int], path: Path) -> Path:
+    """Spearman's rho of kNN accuracy vs AMI: clusterers × k, coloured from -1 to 1, each cell annotated."""
+    fig, ax = plt.subplots(figsize=(1.0 * len(ks) + 3.2, 0.45 * len(methods) + 1.6))
+    im = ax.imshow(np.ma.masked_invalid(matrix), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(ks)), [f"k={k}" for k in ks], fontsize=8)
+    ax.set_yticks(range(len(methods)), [f"{m} (n={c})" for m, c in zip(methods, counts)], fontsize=8)
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            v = matrix[i, j]
+            ax.text(j, i, "n/a" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if not math.isnan(v) and abs(v) > 0.6 else "black")
+    fig.colorbar(im, ax=ax, label="Spearman ρ")
+    ax.set_title("kNN accuracy vs AMI over encoder × dataset cells", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

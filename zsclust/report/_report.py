@@ -14,11 +14,15 @@ from pathlib import Path
 
 from .._atomic import atomic_write_bytes
 from ..cluster import spearman_rho
-from ._collect import SETUP_LABELS, ResultRow, collect_rows
+from ._collect import SETUP_LABELS, ResultRow, collect_knn_rows, collect_rows
 from ._figures import plot_heatmap, plot_silhouette_vs_ami, plot_tuned_vs_default
+from ._study import study_sections
+
+KNN_JOB = "knn"  # the label of a sweep's kNN jobs (zsclust.sweep._knn.KNN_JOB)
 from ._tables import Table, ami_matrix, dataset_order, method_table, summary_table
 
 SILHOUETTE_KEY = "silhouette_umap50"
+ALL_CLUSTERERS = "all clusterers"
 
 
 @dataclass
@@ -27,7 +31,8 @@ class ReportResult:
     files: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    spearman: dict[str, float] = field(default_factory=dict)
+    spearman: dict[str, float] = field(default_factory=dict)  # silhouette vs the metric, per clusterer and overall
+    knn_spearman: dict[tuple[str, int], float] = field(default_factory=dict)  # (clusterer, k) -> rho
     run_id: str | None = None
     n_rows: int = 0
 
@@ -49,11 +54,12 @@ def _write_table(out: Path, stem: str, table: Table, result: ReportResult) -> st
 def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None = None,
                  expected: list[tuple] | None = None, encoder_order: list[str] | None = None,
                  dataset_order_hint: list[str] | None = None, split: str = "test", metric: str = "ami",
-                 log: bool = True) -> ReportResult:
+                 log: bool = True, supervised=None) -> ReportResult:
     """Collect rows from ``experiments`` (default: the tracker's), write every table and figure, log them.
 
     ``expected`` is the grid a sweep should have produced: (encoder, dataset, split, job label, job key),
-    from :func:`expected_from_sweep`; only runs with those keys count.
+    from :func:`expected_from_sweep`; only runs with those keys count. ``supervised`` maps an
+    architecture to its supervised reference (default ``DEFAULT_SUPERVISED``; see docs/report.md).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,6 +74,11 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
             exp_ids.append(exp.experiment_id)
     keys = {job[4] for job in expected if len(job) > 4} if expected else None
     rows = [r for r in collect_rows(client, exp_ids, keys or None) if r.split == split]
+    knn_keys = {job[4] for job in expected or [] if len(job) > 4 and job[3] == KNN_JOB}
+    knn_rows = [r for r in collect_knn_rows(client, exp_ids, knn_keys or None) if r.split == split]
+    if expected and not knn_keys:  # a grid without sweep.knn: zsclust knn's runs on its encoders and datasets
+        cells = {(r.encoder, r.dataset) for r in rows}
+        knn_rows = [r for r in knn_rows if (r.encoder, r.dataset) in cells]
     result.n_rows = len(rows)
     default = [r for r in rows if r.role == "default"]
     tuned = [r for r in rows if r.role == "tuned"]
@@ -113,6 +124,11 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
         panels[method] = {"x": x, "y": y, "encoders": [r.encoder for r in pts], "rho": rho}
         result.spearman[method] = rho
         sp_rows.append((method, [rho, float(len(pts))]))
+    if len(panels) > 1:  # every clusterer's points together
+        x = [v for p in panels.values() for v in p["x"]]
+        y = [v for p in panels.values() for v in p["y"]]
+        result.spearman[ALL_CLUSTERERS] = spearman_rho(x, y)
+        sp_rows.append((ALL_CLUSTERERS, [result.spearman[ALL_CLUSTERERS], float(len(x))]))
     if panels:
         png = plot_silhouette_vs_ami(panels, out / "silhouette_vs_ami.png", SILHOUETTE_KEY)
         result.files.append(png)
@@ -122,6 +138,14 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
                      f"![silhouette vs AMI]({png.name})", ""]
     elif default:
         result.notes.append(f"no run has {SILHOUETTE_KEY} (evaluation.silhouette_spaces without umap50?): no scatter plot")
+
+    # -- the study's analyses: mean over clusterers, vs supervised, ranks, kNN vs AMI -------------
+    study = study_sections(out, by_method, encoders, datasets, groups, metric, knn_rows,
+                           lambda stem, table: _write_table(out, stem, table, result), supervised)
+    sections += study.sections
+    result.files += study.files
+    result.notes += study.notes
+    result.knn_spearman = study.knn_spearman
 
     # -- tuned vs default ----------------------------------------------------------------------
     pairs = _tuned_pairs(default, tuned, metric)
@@ -138,7 +162,8 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
                             "evaluate.experiment=<this experiment>, or pass its experiment with --tuned-experiment)")
 
     # -- what is missing -----------------------------------------------------------------------
-    result.missing = _missing(default, expected, encoders, datasets, by_method, split, tracker, exp_ids)
+    result.missing = _missing(default, expected, encoders, datasets, by_method, split, tracker, exp_ids,
+                              {r.key for r in knn_rows})
     miss = ["# Missing", ""]
     miss += [f"- {m}" for m in result.missing] or ["Nothing: every expected job has a finished run."]
     miss += ["", "# Notes", ""] + ([f"- {n}" for n in result.notes] or ["none"])
@@ -164,9 +189,9 @@ def _tuned_pairs(default, tuned, metric) -> list[tuple[str, float, float, str]]:
     return out
 
 
-def _missing(default, expected, encoders, datasets, by_method, split, tracker, exp_ids) -> list[str]:
+def _missing(default, expected, encoders, datasets, by_method, split, tracker, exp_ids, knn_keys=()) -> list[str]:
     have_names = {(r.encoder, r.dataset, r.split, r.method) for r in default}
-    have_keys = {r.key for r in default}
+    have_keys = {r.key for r in default} | set(knn_keys)
     if expected is None:  # every seen encoder x dataset x method
         methods = {r.method for r in default}
         expected = [(e, d, split, m) for e in encoders for d in datasets for m in sorted(methods)]
@@ -188,9 +213,10 @@ def _failure_reasons(tracker, exp_ids) -> dict:
     reasons = {}
     for run in iter_runs(tracker.client, exp_ids, "attributes.status = 'FAILED'", ["attributes.start_time DESC"]):
         t, p = run.data.tags, run.data.params
-        if "encoder" in t and "job" in p:
+        job = p.get("job") or ("knn" if t.get("zsclust.role") == "knn" else None)
+        if "encoder" in t and job:
             why = t.get("zsclust.error", "failed")
-            reasons.setdefault((t["encoder"], t.get("dataset"), t.get("split"), p["job"]), why)
+            reasons.setdefault((t["encoder"], t.get("dataset"), t.get("split"), job), why)
             if t.get("zsclust.job"):
                 reasons.setdefault(t["zsclust.job"], why)
     return reasons
@@ -200,7 +226,10 @@ def _log(tracker, out: Path, result: ReportResult, split: str) -> str:
     run_id = tracker.start_run(f"report ({split})", tags={"zsclust.role": "report"})
     tracker.log_params(run_id, {"report.split": split, "report.rows": result.n_rows})
     tracker.log_metrics(run_id, {f"spearman_silhouette_ami.{_slug(m)}": v for m, v in result.spearman.items()
-                                 if not math.isnan(v)} | {"report.missing": float(len(result.missing))})
+                                 if not math.isnan(v)}
+                        | {f"spearman_knn_ami.{_slug(m)}.k{k}": v for (m, k), v in result.knn_spearman.items()
+                           if not math.isnan(v)}
+                        | {"report.missing": float(len(result.missing))})
     for path in result.files:
         tracker.log_artifact(run_id, path, "report")
     tracker.end_run(run_id)
@@ -209,12 +238,15 @@ def _log(tracker, out: Path, result: ReportResult, split: str) -> str:
 
 def expected_from_sweep(cfg) -> tuple[list[tuple], list[str], list[str]]:
     """A sweep config's grid as (encoder, dataset, split, job label, job key), and its encoder and dataset
-    order. The keys are what ``zsclust sweep`` tags its runs with, so the report counts exactly them."""
+    order. The keys are what ``zsclust sweep`` tags its runs with, so the report counts exactly them
+    (the kNN probe's too, with ``sweep.knn: true``)."""
     from ..sweep import expand_cells, plan_cells, shard_cells
+    from ..sweep._knn import KnnJobs
 
     plans = plan_cells(shard_cells(expand_cells(cfg), None), finished=set())
+    knn = KnnJobs(plans, set(), cfg.sweep.knn)
     expected = [(p.cell.encoder, p.cell.dataset, p.cell.split, j.name, j.key)
-                for p in plans for j in p.pending]
+                for p in plans for j in [*p.pending, *([knn.job(p)] if knn.job(p) else [])]]
     encoders = list(dict.fromkeys(p.cell.encoder for p in plans))
     datasets = list(dict.fromkeys(p.cell.dataset for p in plans))
     return expected, encoders, datasets

@@ -1,7 +1,8 @@
 """The study's tables from result rows: AMI per encoder × dataset with group means and mean ranks.
 
-A :class:`Table` is a row label column plus numeric cells (missing = ``None``); it writes itself as
-markdown, CSV and LaTeX (booktabs), the best value of each column in bold.
+A :class:`Table` is a row label column plus cells (numbers, or text such as a reference's name;
+missing = ``None``); it writes itself as markdown, CSV and LaTeX (booktabs), the best value of each
+numeric column in bold.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ class Table:
     title: str
     row_header: str
     columns: list[str]
-    rows: list[tuple[str, list[float | None]]]
+    rows: list[tuple[str, list[float | str | None]]]
     lower_is_better: set[str] = field(default_factory=set)  # e.g. mean rank
     counts: set[str] = field(default_factory=set)  # integer columns, never bold
     digits: int = 3
+    formats: dict[str, str] = field(default_factory=dict)  # column -> format spec, e.g. {"p": ".2g"}
+    plain: set[str] = field(default_factory=set)  # columns never in bold (statistics, p-values)
 
     def _best(self) -> dict[int, float]:
         best = {}
         for j, col in enumerate(self.columns):
-            vals = [v[j] for _, v in self.rows if v[j] is not None and not math.isnan(v[j])]
-            if len(vals) > 1 and col not in self.counts:
+            vals = [v[j] for _, v in self.rows if _number(v[j])]
+            if len(vals) > 1 and col not in self.counts and col not in self.plain:
                 best[j] = min(vals) if col in self.lower_is_better else max(vals)
         return best
 
@@ -40,11 +43,14 @@ class Table:
         for label, vals in self.rows:
             cells = [label]
             for j, v in enumerate(vals):
-                if v is None or math.isnan(v):
+                if isinstance(v, str):
+                    cells.append(v)
+                elif v is None or math.isnan(v):
                     cells.append("–")
                 else:
                     col = self.columns[j]
-                    s = f"{v:.0f}" if col in self.counts else f"{v:.2f}" if col == "mean rank" else f"{v:.{self.digits}f}"
+                    s = (format(v, self.formats[col]) if col in self.formats else f"{v:.0f}" if col in self.counts
+                         else f"{v:.2f}" if col == "mean rank" else f"{v:.{self.digits}f}")
                     cells.append(bold(s) if j in best and v == best[j] else s)
             out.append(cells)
         return out
@@ -61,7 +67,8 @@ class Table:
         w = csv.writer(buf)
         w.writerow([self.row_header, *self.columns])
         for label, vals in self.rows:
-            w.writerow([label, *["" if v is None or math.isnan(v) else f"{v:.6g}" for v in vals]])
+            w.writerow([label, *[v if isinstance(v, str) else "" if v is None or math.isnan(v) else f"{v:.6g}"
+                                 for v in vals]])
         return buf.getvalue()
 
     def to_latex(self) -> str:
@@ -79,6 +86,10 @@ class Table:
                          + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
         return "\n".join(lines) + "\n"
+
+
+def _number(v) -> bool:
+    return v is not None and not isinstance(v, str) and not math.isnan(v)
 
 
 def mean_ranks(matrix: np.ndarray) -> np.ndarray:
@@ -115,7 +126,12 @@ def dataset_order(rows: list[ResultRow], preferred: list[str] | None = None) -> 
 def method_table(rows: list[ResultRow], method: str, encoders: list[str], datasets: list[str],
                  groups: dict[str, str], metric: str = "ami") -> Table:
     """Encoder × dataset, then a mean per group, the mean over all datasets and the mean rank."""
-    m = ami_matrix(rows, encoders, datasets, metric)
+    return matrix_table(ami_matrix(rows, encoders, datasets, metric), f"{metric.upper()} per encoder and dataset: "
+                        f"{method}", encoders, datasets, groups)
+
+
+def matrix_table(m: np.ndarray, title: str, encoders: list[str], datasets: list[str], groups: dict[str, str]) -> Table:
+    """An encoder × dataset matrix as a table, with a mean per dataset group, the mean and the mean rank."""
     group_names = sorted(dict.fromkeys(groups[d] for d in datasets), key=group_rank)
     group_means = []
     for g in group_names:
@@ -130,8 +146,7 @@ def method_table(rows: list[ResultRow], method: str, encoders: list[str], datase
         vals = [*m[i].tolist(), *[gm[i] for gm in group_means], _nanmean(m[i : i + 1, :])[0],
                 *([float(covered[i])] if partial else []), ranks[i]]
         table_rows.append((e, [None if (v is None or math.isnan(v)) else float(v) for v in vals]))
-    return Table(f"{metric.upper()} per encoder and dataset: {method}", "encoder", columns, table_rows,
-                 lower_is_better={"mean rank"}, counts={"datasets"})
+    return Table(title, "encoder", columns, table_rows, lower_is_better={"mean rank"}, counts={"datasets"})
 
 
 def summary_table(rows_by_method: dict[str, list[ResultRow]], encoders: list[str], datasets: list[str],

@@ -34,6 +34,7 @@ class SweepSettings:
     workers: Optional[int] = None  # clustering processes; None: half the cores (at most 8); 0: in this process
     threads_per_worker: Optional[int] = None  # None: the cores shared out among the workers
     shard: Optional[str] = None  # "i/n": this machine takes cells i, i+n, i+2n, ... (several machines, one grid)
+    knn: bool = False  # also the kNN probe: one job per (encoder, dataset), train split as the bank (sweep/_knn.py)
 
 
 @dataclass

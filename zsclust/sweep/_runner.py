@@ -22,6 +22,7 @@ from itertools import groupby
 from .._ranks import available_cores, is_global_zero
 from ..errors import ConfigError, ZsclustError
 from ._config import Cell, expand_cells, shard_cells
+from ._knn import KnnJobs
 from ._plan import CellPlan, Job, close_orphans, finished_job_keys, plan_cells, sweep_tags
 from ._worker import cluster_job, init_worker, prepare_cell
 
@@ -53,11 +54,19 @@ class SweepSummary:
 
 
 def sweep_status(cfg) -> list[CellPlan]:
-    """Each cell of the sweep (this shard) with its done and pending jobs, from the MLflow record; runs nothing."""
+    """Each cell of the sweep (this shard) with its done and pending jobs (kNN jobs included), from the MLflow
+    record; runs nothing."""
     from .._build import make_tracker
 
     cells = shard_cells(expand_cells(cfg), cfg.sweep.shard)
-    return plan_cells(cells, finished_job_keys(make_tracker(cfg)))
+    finished = finished_job_keys(make_tracker(cfg))
+    plans = plan_cells(cells, finished)
+    knn = KnnJobs(plans, finished, cfg.sweep.knn)
+    for plan in plans:  # for display only: run_sweep keeps kNN jobs apart from the cells' clustering jobs
+        job = knn.job(plan)
+        if job is not None:
+            (plan.pending if knn.is_pending(plan) else plan.done).append(job)
+    return plans
 
 
 def format_status(plans: list[CellPlan]) -> str:
@@ -90,27 +99,31 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
         closed = close_orphans(tracker)
         if closed:
             print(f"Marked {closed} run(s) KILLED that a killed sweep left RUNNING.")
-    plans = plan_cells(cells, finished_job_keys(tracker) if rank_zero else set())
+    finished = finished_job_keys(tracker) if rank_zero else set()
+    plans = plan_cells(cells, finished)
+    knn = KnnJobs(plans, finished, cfg.sweep.knn)
     todo = [p.cell for p in plans if p.pending]
     if todo:  # a typo fails now, before any embedding; a finished sweep has nothing to check
         _validate_pipelines(todo)
     summary = SweepSummary(cfg.sweep.name)
     for plan in plans:
         summary.skipped.extend(plan.done)
-    n_pending = sum(len(p.pending) for p in plans)
+    summary.skipped.extend(knn.done)
+    n_pending = sum(len(p.pending) for p in plans) + len(knn.pending)
+    to_embed = [p for p in plans if p.pending or knn.is_pending(p) or together]
     workers, threads = _worker_counts(cfg)
     if rank_zero:
         print(f"Sweep '{cfg.sweep.name}'" + (f" shard {cfg.sweep.shard}" if cfg.sweep.shard else "")
               + f": {len(cells)} cells (encoder × dataset × split), "
               f"{n_pending + len(summary.skipped)} jobs, {len(summary.skipped)} already finished; "
-              f"{sum(1 for p in plans if p.pending or together)} cells to embed or load; clustering "
+              f"{len(to_embed)} cells to embed or load; clustering "
               + (f"in {workers} worker process(es) × {threads} thread(s)" if workers else "in this process")
               + f". MLflow: {tracker.uri}, experiment '{tracker.experiment_name}'.",
               flush=True)
     pool = _ClusterPool(tracker, summary, workers, threads, n_pending, progress and rank_zero,
                         extra_tags={"zsclust.sweep": cfg.sweep.name, **sweep_tags()}, quiet=not rank_zero)
     try:
-        for (enc_name, enc_weights), group in groupby([p for p in plans if p.pending or together],
+        for (enc_name, enc_weights), group in groupby(to_embed,
                                                       key=lambda p: (p.cell.encoder, p.cell.cfg.encoder.weights)):
             group = list(group)
             try:
@@ -118,11 +131,14 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
             except Exception as e:  # noqa: BLE001 - a missing checkpoint fails this encoder's cells only
                 for plan in group:
                     pool.fail_cell(plan, f"encoder {enc_name}: {_reason(e)}")
+                    if knn.is_pending(plan):
+                        pool.fail_job(knn.job(plan), f"encoder {enc_name}: {_reason(e)}")
                 continue
             for plan in group:
                 emb = _embed_cell(plan, encoder, pool, together)
                 if emb is not None and rank_zero and plan.pending:
                     pool.submit_cell(plan, emb.fingerprint)
+                knn.run(plan, encoder, pool, together, rank_zero)
             del encoder
         if not rank_zero:
             return None
