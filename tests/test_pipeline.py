@@ -104,8 +104,14 @@ def test_validation_catches_bad_params_before_embedding():
     with pytest.raises(ConfigError, match="job 'bad'.*ward.*euclidean"):
         pipe.validate(n_samples=1000, n_features=64, n_classes=10)
     pipe = ClusteringPipeline([JobSpec("ap", NONE, {"name": "affinity_propagation"})])
-    with pytest.raises(MemoryGuardError, match="job 'ap'"):
+    with pytest.raises(MemoryGuardError, match="job 'ap'") as info:
         pipe.validate(n_samples=2_000_000, n_features=64, n_classes=10)
+    assert str(info.value).count("job 'ap'") == 1
+    # a chain's memory is its largest step's: here the dense kernel PCA after the z-score, refused up front
+    chain = {"name": "chain", "steps": [{"name": "zscore"}, {"name": "kernel_pca", "n_components": 10}]}
+    with pytest.raises(MemoryGuardError, match="job 'kpca': reducer.*step 'kernel_pca'"):
+        ClusteringPipeline([JobSpec("kpca", chain, {"name": "kmeans", "n_clusters": "K"})]).validate(
+            n_samples=500_000, n_features=64, n_classes=10)
     with pytest.raises(ConfigError, match="n_clusters must be a number, or K"):
         ClusteringPipeline([JobSpec("k", NONE, {"name": "kmeans", "n_clusters": "true"})]).validate(100, 8, 3)
 

@@ -164,11 +164,28 @@ def estimate_fit_bytes(estimator, n_samples: int, n_features: int) -> tuple[int 
     own = getattr(estimator, "fit_memory", None)
     if callable(own):
         return own(int(n_samples), int(n_features))
+    steps = getattr(estimator, "steps", None)
+    if steps is not None:  # a chain (sklearn Pipeline): its steps run one after another, so the largest counts
+        return _largest_step(steps, int(n_samples), int(n_features))
     for cls in _registered_classes():
         algorithm = cls.algorithm()
         if algorithm is not None and isinstance(estimator, algorithm):
             return cls.fit_memory(estimator, int(n_samples), int(n_features))
     return None, f"{type(estimator).__module__}.{type(estimator).__name__} does not estimate its memory"
+
+
+def _largest_step(steps, n: int, d: int) -> tuple[int | None, str]:
+    """The peak of a chain: its largest step's estimate (each step's width is what the one before returns)."""
+    best, width = (0, "empty chain"), d
+    for name, step in steps:
+        estimate, why = estimate_fit_bytes(step, n, width)
+        if estimate is None:
+            return None, f"step '{name}': {why}"
+        if estimate > best[0]:
+            best = (estimate, f"step '{name}': {why}")
+        out = getattr(step, "n_components", None)
+        width = out if isinstance(out, int) and not isinstance(out, bool) else width
+    return best
 
 
 _ESTIMATING: list[type] = []  # registered classes, in registration order (register_estimator adds them)

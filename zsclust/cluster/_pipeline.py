@@ -92,6 +92,8 @@ class ClusteringPipeline:
         from sklearn.datasets import make_blobs
 
         need = max([_n_components(j.reducer) for j in self.jobs.values()] + [0])
+        if any(_needs_more_samples_than_features(j.reducer) for j in self.jobs.values()):
+            need = max(need, min(n_features, 512))  # PCA 'mle' needs N >= d, at the smoke test too
         m = max(smoke_samples, need + 50)
         k = max(2, min(n_classes or 5, 20))
         X, _ = make_blobs(n_samples=m, n_features=max(min(n_features, 512), need + 1, 8), centers=k, random_state=0)
@@ -111,8 +113,7 @@ class ClusteringPipeline:
         try:
             Xr = reduce(data, job.reducer, seed=self.seed)[0]
             if memory and not is_identity(job.reducer):
-                check_fit_memory(create_reducer(reducer_spec(job.reducer)), n_samples, n_features,
-                                 name=f"{where}: reducer")
+                check_fit_memory(create_reducer(reducer_spec(job.reducer)), n_samples, n_features, name="reducer")
         except ZsclustError as e:
             raise type(e)(f"{where}: reducer: {e}") from None
         smoke = dict(job.clusterer)
@@ -123,7 +124,7 @@ class ClusteringPipeline:
             if memory:
                 out_dim = Xr.shape[1] if _n_components(job.reducer) else n_features
                 check_fit_memory(build_clusterer(job.clusterer, n_classes, self.seed), n_samples, out_dim,
-                                 name=f"{where}: clusterer")
+                                 name="clusterer")
         except ZsclustError as e:
             raise type(e)(f"{where}: {e}") from None
 
@@ -280,6 +281,12 @@ class ClusteringPipeline:
 
 def _inline(node: Mapping) -> str:
     return ", ".join(f"{k}={v}" for k, v in node.items())
+
+
+def _needs_more_samples_than_features(node) -> bool:
+    spec = reducer_spec(node)
+    return any(isinstance(s, Mapping) and s.get("n_components") == "mle" for s in
+               (spec if isinstance(spec, list) else [spec]))
 
 
 def _n_components(node) -> int:

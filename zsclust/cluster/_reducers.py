@@ -226,6 +226,12 @@ class PCAReducer(_CheckedReducerMixin, PCA):
 
     def _check_against_data(self, n_samples, n_features):
         k = self.n_components
+        if k == "mle" and n_samples < n_features:
+            raise ConfigError(
+                f"pca: n_components='mle' (Minka's estimate) needs at least as many samples as features, got "
+                f"N={n_samples} < d={n_features}. Use a number of dimensions or a variance fraction, or reduce the "
+                "width first."
+            )
         if isinstance(k, Integral) and not isinstance(k, bool) and k > min(n_samples, n_features):
             raise ConfigError(
                 f"pca: n_components={k} is larger than min(n_samples, n_features) = "
