@@ -249,6 +249,6 @@ def test_a_wheel_installed_elsewhere_runs_with_the_packaged_configs(tmp_path):
     assert "cluster_selection_method:" in tune.stdout and "tf_efficientnet_lite0.pypi_in1k/pca/hdbscan/ami" in tune.stdout
     status = zsclust("sweep", "study/offline", "--status")
     assert status.returncode == 0, status.stderr
-    assert "2 cells, 12 jobs: 0 finished, 12 to run." in status.stdout
+    assert "2 cells, 14 jobs: 0 finished, 14 to run." in status.stdout  # 6 setups + the kNN probe, per cell
     run = zsclust("run", "quickstart", "--print-config")
     assert run.returncode == 0 and "3 job(s)" in run.stdout, run.stderr
