@@ -157,6 +157,11 @@ def store_error(uri: str, e: BaseException) -> ConfigError | None:
         scheme = uri.split("://", 1)[0] if "://" in uri else uri
         return ConfigError(f"MLflow tracking URI '{shown}' has a scheme MLflow does not support ('{scheme}'): "
                            f"{STORE_HINT}.")
+    if "error code 401" in text or "error code 403" in text or "not authenticated" in text.lower():
+        why = "401: not authenticated" if "401" in text or "authenticated" in text else "403: not allowed"
+        return ConfigError(f"MLflow server '{shown}' refused zsclust ({why}): set MLFLOW_TRACKING_USERNAME and "
+                           "MLFLOW_TRACKING_PASSWORD in the environment (a user of its basic-auth app with access to "
+                           "the experiment).")
     names = {type(x).__name__ for x in (e, e.__cause__, e.__context__) if x is not None}
     if names & {"OperationalError", "InterfaceError", "ArgumentError", "NoSuchModuleError"} or "OperationalError" in text:
         first = (text.splitlines() or [""])[0][:300]
