@@ -99,10 +99,16 @@ def is_orphan(tags: dict) -> bool:
 
 def close_orphans(client, experiment_ids: list[str]) -> list[str]:
     """Mark KILLED every RUNNING run in ``experiment_ids`` whose process on this host is gone; their ids."""
-    from ._mlflow import iter_runs
-
+    running, token = [], None
+    while True:  # every page first: closing runs while paging would shift the pages
+        page = client.search_runs(experiment_ids, filter_string="attributes.status = 'RUNNING'", max_results=5000,
+                                  page_token=token)
+        running += list(page)
+        token = page.token
+        if not token:
+            break
     closed = []
-    for run in iter_runs(client, experiment_ids, "attributes.status = 'RUNNING'"):
+    for run in running:
         if is_orphan(run.data.tags):
             client.set_terminated(run.info.run_id, status="KILLED")
             closed.append(run.info.run_id)
