@@ -577,3 +577,33 @@ def test_report_figures_are_replaced_atomically(tmp_path):
     assert caught, "the figure was written before the test could interrupt it"
     data = target.read_bytes()
     assert data == original or Image.open(target).verify() is None  # the old figure, or a whole new one
+
+
+def test_in_process_jobs_never_run_during_an_embedding(tmp_path, tiny_weights, capsys):
+    """sweep.workers=0 runs jobs in this process while the next cell embeds: scoring switches torch's global
+    default dtype to float64, and images decoded meanwhile became float64 ("expected scalar type Double but
+    found Float", every job of the next cell failed; first seen in the SLURM sweep test). Jobs now wait for
+    the embedding, and the embedding for them. (Before the fix this failed in 2 of 3 runs here: it takes a
+    scoring step and an image decode to coincide.)"""
+    # cell a: six jobs that run while cell b (300 images, batches of 4) embeds
+    folders = [write_image_folder(tmp_path / name, classes=3, per_class=k, seed=seed)
+               for name, k, seed in (("a", 80, 1), ("b", 100, 2))]
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"""
+encoders: [{{name: test_resnet, weights: {tiny_weights}}}]
+datasets: [{folders[0]}, {folders[1]}]
+embed: {{accelerator: cpu, precision: 32-true, num_workers: 0, batch_size: 4, progress: false, cache_dir: {tmp_path / 'cache'}}}
+reducer: none
+clusterer: [kmeans, ac_k, {{name: hdbscan, min_cluster_size: 3}}]
+jobs:
+  km2: {{clusterer: {{name: kmeans, n_clusters: 2}}}}
+  km5: {{clusterer: {{name: kmeans, n_clusters: 5}}}}
+  km8: {{clusterer: {{name: kmeans, n_clusters: 8}}}}
+evaluation: {{silhouette_spaces: [raw]}}
+tracking: {{experiment: overlap, uri: "sqlite:///{tmp_path / 'mlflow.db'}", plots: false}}
+sweep: {{name: overlap, workers: 0}}
+reduction_cache: {tmp_path / 'reductions'}
+""")
+    code = main(["sweep", str(config), "--no-progress"])
+    out = capsys.readouterr().out
+    assert "12 jobs: 12 ran, 0 skipped (finished before), 0 failed" in out and code == 0, out

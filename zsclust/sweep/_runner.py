@@ -99,9 +99,10 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
     n_pending = sum(len(p.pending) for p in plans)
     workers, threads = _worker_counts(cfg)
     if rank_zero:
-        print(f"Sweep '{cfg.sweep.name}'" + (f" shard {shard}" + (" (from the SLURM job array)" if
-                                                                  cfg.sweep.shard == "auto" else "") if shard else "")
-              + f": {len(cells)} cells (encoder × dataset × split), "
+        where = f" shard {shard}" if shard else ""
+        if shard and str(cfg.sweep.shard).strip().lower() == "auto":
+            where += " (from the SLURM job array)"
+        print(f"Sweep '{cfg.sweep.name}'{where}: {len(cells)} cells (encoder × dataset × split), "
               f"{n_pending + len(summary.skipped)} jobs, {len(summary.skipped)} already finished; "
               f"{sum(1 for p in plans if p.pending or together)} cells to embed or load; clustering "
               + (f"in {workers} worker process(es) × {threads} thread(s)" if workers else "in this process")
@@ -120,7 +121,8 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
                     pool.fail_cell(plan, f"encoder {enc_name}: {_reason(e)}")
                 continue
             for plan in group:
-                emb = _embed_cell(plan, encoder, pool, together)
+                with pool.in_process():  # workers=0: jobs run in this process, never during an embedding
+                    emb = _embed_cell(plan, encoder, pool, together)
                 if emb is not None and rank_zero:
                     _warn_stale(plan, finished, emb.fingerprint)
                 if emb is not None and rank_zero and plan.pending:
@@ -253,6 +255,10 @@ class _ClusterPool:
         self.owners: dict[Future, ProcessPoolExecutor | None] = {}  # the pool each future ran in
         self.quiet = quiet  # ranks other than 0 keep their output to themselves
         self.lock = threading.RLock()
+        # With workers=0 the collector thread runs jobs in this process. Scoring switches torch's process-wide
+        # default dtype to float64 (cluster/_metrics.py), so a job must not run while this process embeds:
+        # tensors made meanwhile would be float64 ("expected scalar type Double but found Float").
+        self.inline = threading.Lock()
         self.stop = threading.Event()
         self.collector: threading.Thread | None = None
         self.bar = None
@@ -294,12 +300,19 @@ class _ClusterPool:
                 "fingerprint": fingerprint, "cache_dir": plan.cell.cfg.embed.cache_dir,
                 "jobs": [j.name for j in plan.pending]}
 
+    def in_process(self):
+        """Held around each embedding when jobs run in this process (workers=0), so the two never overlap."""
+        import contextlib
+
+        return self.inline if self.workers == 0 else contextlib.nullcontext()
+
     def _submit(self, fn, *args, what: tuple) -> None:
         owner = None
         if self.workers == 0:  # in this process (the collector thread runs a cell's jobs), outside the lock
             future: Future = Future()
             try:
-                future.set_result(fn(*args))
+                with self.inline:
+                    future.set_result(fn(*args))
             except Exception as e:  # noqa: BLE001
                 future.set_exception(e)
         else:
