@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -177,9 +179,6 @@ def postgres_url():
     with trust authentication on 127.0.0.1 only, and stopped at the end of the session. Missing binaries
     fail the tests: they are never skipped.
     """
-    import shutil
-    import tempfile
-
     external = os.environ.get("ZSCLUST_TEST_POSTGRES_URL")
     if external:
         from sqlalchemy.engine import URL, make_url
@@ -189,6 +188,33 @@ def postgres_url():
         _create_databases(base)
         yield base
         return
+
+    with local_postgres() as server:
+        _create_databases(server.url)
+        yield server.url
+
+
+@dataclass
+class LocalPostgres:
+    """A throwaway PostgreSQL cluster: ``url`` for the superuser over TCP, ``socket``/``port`` for psql,
+    ``bindir`` its binaries (psql among them)."""
+
+    url: str
+    port: int
+    socket: Path
+    bindir: Path
+
+
+@contextmanager
+def local_postgres(auth_host: str = "trust"):
+    """initdb and start a PostgreSQL cluster on 127.0.0.1 from the installed binaries; stop it on exit.
+
+    ``auth_host`` is the authentication of TCP connections (``trust``, or ``scram-sha-256`` to have
+    passwords checked); the superuser ``postgres`` is trusted on the Unix socket. Missing binaries fail
+    the test: it is never skipped.
+    """
+    import shutil
+    import tempfile
 
     bindir = _postgres_bindir()
     if bindir is None:
@@ -227,7 +253,8 @@ def postgres_url():
                     f"{server_log}", pytrace=False)
 
     user = "postgres"
-    proc = pg("initdb", "-D", data, "-U", user, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync")
+    proc = pg("initdb", "-D", data, "-U", user, "--auth-local=trust", f"--auth-host={auth_host}", "--encoding=UTF8",
+              "--locale=C", "--no-sync")
     if proc.returncode != 0:
         fail("initdb", proc)
     for _ in range(3):  # the free port may be taken between the probe and the bind: try another
@@ -239,10 +266,186 @@ def postgres_url():
             break
     else:
         fail("pg_ctl start", proc)
-    base = f"postgresql+psycopg2://{user}@127.0.0.1:{port}"
     try:
-        _create_databases(base)
-        yield base
+        yield LocalPostgres(f"postgresql+psycopg2://{user}@127.0.0.1:{port}", port, sock, bindir)
     finally:
         pg("pg_ctl", "-D", data, "-m", "fast", "-w", "-t", "60", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- SLURM --------------------------------------------------------------------------------------------------
+
+SLURM_MISSING = ("SLURM or MUNGE not found: install Debian's packages (apt-get install -y slurmctld slurmd "
+                 "slurm-client munge)")
+
+
+@dataclass
+class SlurmCluster:
+    """A one-node SLURM cluster on loopback: ``env`` holds ``SLURM_CONF`` for sbatch/squeue/scancel."""
+
+    root: Path
+    conf: Path
+    node: str
+    cpus: int
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"SLURM_CONF": str(self.conf)}
+
+    def command(self, *args, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {}), **self.env})
+
+    def sbatch(self, script, *args, options=(), env: dict | None = None, cwd=None) -> str:
+        """Submit ``script ARGS`` with sbatch ``options``; the job id (an array's: its base id)."""
+        proc = subprocess.run(["sbatch", "--parsable", *map(str, options), str(script), *map(str, args)],
+                              capture_output=True, text=True, timeout=60, cwd=cwd,
+                              env={**os.environ, **(env or {}), **self.env})
+        if proc.returncode != 0:
+            raise AssertionError(f"sbatch {script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n"
+                                 f"{self.logs()}")
+        return proc.stdout.strip().split(";")[0]
+
+    def states(self, job: str) -> list[str]:
+        """The states of ``job`` (one per array task) while SLURM still lists it; [] once it is gone."""
+        proc = self.command("squeue", "-h", "-j", job, "-o", "%T", "--array")
+        return proc.stdout.split() if proc.returncode == 0 else []
+
+    def wait(self, job: str, timeout: float = 600, until=None) -> None:
+        """Until ``job`` has left the queue (or ``until()`` is true); an AssertionError with the logs on timeout."""
+        import time
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if until is not None and until():
+                return
+            if until is None and not self.states(job):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"SLURM job {job} did not finish in {timeout} s: {self.states(job)}\n{self.logs()}")
+
+    def cancel(self, job: str) -> None:
+        self.command("scancel", job)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((self.root / "log").glob("*.log")))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """``slurmctld`` + ``slurmd`` (one node, this host, on 127.0.0.1) and a private ``munged``, as root.
+
+    Everything lives in a temporary folder: slurm.conf (found through ``SLURM_CONF``, never /etc/slurm),
+    the MUNGE key and socket, state, spool and logs. Containers often lack a writable cgroup tree, so
+    processes are tracked through /proc (``proctrack/linuxproc``) and tasks are not confined
+    (``task/none``); the node claims 4 CPUs whatever the machine has (``config_overrides``), enough for a
+    2-task DDP job beside a 2-task array. The daemons run in the foreground as children of the test
+    process and are stopped at the end of the session. Missing binaries, or not being root, fail the
+    tests that use it: they are never skipped.
+    """
+    import shutil
+    import socket
+    import tempfile
+    import time
+
+    tools = ("slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo", "munged")
+    missing = [t for t in tools if shutil.which(t) is None and not Path("/usr/sbin", t).is_file()]
+    if missing:
+        pytest.fail(f"{SLURM_MISSING}; missing: {', '.join(missing)}", pytrace=False)
+    if os.geteuid() != 0:
+        pytest.fail("slurmd launches jobs as their user and must run as root: run the SLURM tests as root "
+                    "(a CI container), or point them at a real cluster by hand.", pytrace=False)
+
+    def exe(name: str) -> str:
+        return shutil.which(name) or f"/usr/sbin/{name}"
+
+    root = Path(tempfile.mkdtemp(prefix="zsclust-slurm-"))
+    for d in ("state", "spool", "log", "munge-key", "munge-run"):
+        (root / d).mkdir()
+    os.chmod(root / "munge-key", 0o700)
+    key = root / "munge-key" / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    os.chmod(key, 0o400)
+    sock = root / "munge-run" / "munge.socket"
+    node, cpus = socket.gethostname(), 4
+    ctld_port, d_port = _free_port(), _free_port()
+    conf = root / "slurm.conf"
+    conf.write_text(f"""\
+ClusterName=zsclusttest
+SlurmctldHost={node}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+AuthType=auth/munge
+AuthInfo=socket={sock}
+CredType=cred/munge
+StateSaveLocation={root / 'state'}
+SlurmdSpoolDir={root / 'spool'}
+SlurmctldPidFile={root / 'slurmctld.pid'}
+SlurmdPidFile={root / 'slurmd.pid'}
+SlurmctldLogFile={root / 'log' / 'slurmctld.log'}
+SlurmdLogFile={root / 'log' / 'slurmd.log'}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SwitchType=switch/none
+MpiDefault=none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SchedulerType=sched/builtin
+ReturnToService=2
+KillWait=5
+SlurmdParameters=config_overrides
+NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
+PartitionName=test Nodes={node} Default=YES MaxTime=INFINITE State=UP
+""")
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    logs = {name: open(root / "log" / f"{name}.out", "w") for name in ("munged", "slurmctld", "slurmd")}
+    procs: list[subprocess.Popen] = []
+    cluster = SlurmCluster(root, conf, node, cpus)
+
+    def start(name: str, *args) -> None:
+        procs.append(subprocess.Popen([exe(name), *map(str, args)], stdout=logs[name], stderr=subprocess.STDOUT,
+                                      env=env, start_new_session=True))
+
+    def stop() -> None:
+        for proc in reversed(procs):  # slurmd, slurmctld, munged
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        for f in logs.values():
+            f.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+    try:
+        start("munged", "--foreground", "--force", f"--socket={sock}", f"--key-file={key}",
+              f"--log-file={root / 'log' / 'munged.log'}", f"--pid-file={root / 'munged.pid'}",
+              f"--seed-file={root / 'munge-run' / 'munged.seed'}")
+        deadline = time.time() + 30
+        while not sock.exists():
+            if procs[0].poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"munged did not start:\n{(root / 'log' / 'munged.out').read_text()}")
+            time.sleep(0.1)
+        start("slurmctld", "-D", "-i")
+        start("slurmd", "-D", "-N", node)
+        deadline = time.time() + 60
+        while True:
+            state = cluster.command("sinfo", "-h", "-n", node, "-o", "%T").stdout.strip()
+            if state in ("idle", "mixed", "allocated"):
+                break
+            if any(p.poll() is not None for p in procs) or time.time() > deadline:
+                raise RuntimeError(f"the SLURM node did not come up (state '{state}'):\n{cluster.logs()}\n"
+                                   + "\n".join((root / "log" / f"{n}.out").read_text()[-2000:] for n in logs))
+            time.sleep(0.3)
+    except BaseException as e:
+        stop()
+        pytest.fail(f"SLURM test cluster: {e}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        stop()

@@ -79,6 +79,9 @@ def test_mlflow_tracker_round_trip_on_postgres(postgres_url, tmp_path, monkeypat
                      "zsclust.version": tracker.base_tags["zsclust.version"]}
     if "git.commit" in tracker.base_tags:
         expected_tags["git.commit"] = tracker.base_tags["git.commit"]
+    tags.pop("zsclust.command", None)  # the command line (context tags, on every run)
+    owner = {k: tags.pop(k) for k in ("zsclust.host", "zsclust.pid", "zsclust.process") if k in tags}
+    assert owner["zsclust.pid"] == str(os.getpid())  # the process that made the run (for closing orphans)
     assert tags == expected_tags
     assert {a.path for a in client.list_artifacts(rid)} == {"config", "reports"}
     assert [a.path for a in client.list_artifacts(rid, "reports")] == ["reports/report.txt"]

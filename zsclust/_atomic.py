@@ -68,3 +68,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2, defaul
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return atomic_write_bytes(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
+
+
+def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
+    """``fig.savefig(path, **kwargs)`` through a temporary file: a killed report leaves the old figure or the new one.
+
+    The format comes from ``path``'s suffix (the temporary file's name would hide it from matplotlib).
+    """
+    path = Path(path)
+    kwargs.setdefault("format", path.suffix.lstrip(".").lower() or None)
+    return atomic_write_bytes(path, lambda f: fig.savefig(f, **kwargs))

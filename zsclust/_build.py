@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ._paths import reduction_cache_dir
+from ._secrets import redact_config
 from .config import choice_dirs, find_choice, job_seed, to_container, to_yaml
-from .errors import ConfigError
+from .errors import ConfigError, ZsclustError
 
 NODES = ("reducer", "clusterer")
 
@@ -38,11 +39,21 @@ def make_dataset(cfg, encoder):
 
 
 def make_tracker(cfg):
+    """The config's MLflow tracker (None when tracking is off), after closing the runs killed processes left.
+
+    Every command that writes runs starts here (run, cluster, tune, evaluate, sweep), so a RUNNING run
+    whose process on this host died is marked KILLED before new work starts.
+    """
     if not cfg.tracking.enabled:
         return None
     from .tracking import MLflowTracker
 
-    return MLflowTracker(cfg.tracking.uri, cfg.tracking.experiment)
+    tracker = MLflowTracker(cfg.tracking.uri, cfg.tracking.experiment)
+    closed = tracker.close_orphans()
+    if closed:
+        print(f"Marked {len(closed)} MLflow run(s) KILLED in experiment '{tracker.experiment_name}': the process "
+              "that ran them on this host is gone.", flush=True)
+    return tracker
 
 
 # -- what a run is -----------------------------------------------------------------------------------
@@ -56,11 +67,40 @@ def run_identity(cfg) -> dict:
     """
     from .embed import resolve_precision
 
-    return {"encoder.name": cfg.encoder.name, "encoder.weights": file_digest(cfg.encoder.weights),
-            "data.name": cfg.data.name, "data.root": cfg.data.root, "data.split": cfg.data.split,
-            "data.seed": cfg.data.seed, "data.skip_corrupt": cfg.data.skip_corrupt,
-            "embed.precision": resolve_precision(cfg.embed.precision, cfg.embed.accelerator),
-            "embed.preprocessing": cfg.embed.preprocessing, "evaluation": to_container(cfg.evaluation)}
+    identity = {"encoder.name": cfg.encoder.name, "encoder.weights": file_digest(cfg.encoder.weights),
+                "data.name": cfg.data.name, "data.root": cfg.data.root, "data.split": cfg.data.split,
+                "data.seed": cfg.data.seed, "data.skip_corrupt": cfg.data.skip_corrupt,
+                "embed.precision": resolve_precision(cfg.embed.precision, cfg.embed.accelerator),
+                "embed.preprocessing": cfg.embed.preprocessing, "evaluation": to_container(cfg.evaluation)}
+    content = folder_content_digest(cfg)
+    if content is not None:  # only when there is one, so the keys of registered datasets stay as they were
+        identity["data.content"] = content
+    return identity
+
+
+def folder_content_digest(cfg) -> str | None:
+    """An image folder's split by content (the embedding cache's dataset fingerprint: file names, sizes,
+    modification times, labels, split); ``None`` for a registered dataset.
+
+    Job keys come from the config before anything is embedded; without this, images replaced in a
+    folder would leave the keys unchanged, and a sweep would skip their jobs as finished on the old
+    images. It lists and stats the folder's files, nothing is decoded.
+    """
+    import json
+    import os
+
+    from .data import create_dataset, list_datasets
+
+    name = str(cfg.data.name)
+    looks_like_path = os.sep in name or name.startswith((".", "~")) or (os.altsep is not None and os.altsep in name)
+    if not ((looks_like_path or name not in list_datasets()) and Path(name).expanduser().is_dir()):
+        return None
+    try:
+        dataset = create_dataset(name, cfg.data.split, seed=cfg.data.seed, skip_corrupt=cfg.data.skip_corrupt)
+    except (ZsclustError, OSError):  # no such split, no images...: the job fails with it when it runs
+        return None
+    blob = json.dumps(dataset.fingerprint(), sort_keys=True, default=str).encode()
+    return "sha256:" + hashlib.sha256(blob).hexdigest()[:32]
 
 
 def run_context(cfg, *, dataset_name: str | None = None, group: str | None = None) -> dict:
@@ -226,7 +266,8 @@ def job_config_text(cfg, context: Mapping):
     from .config import RunConfig
 
     keys = {f.name for f in dataclasses.fields(RunConfig)}
-    base = {k: v for k, v in to_container(cfg).items() if k in keys}
+    # tracking.uri may hold a database password: the artifact keeps the URL without it
+    base = redact_config({k: v for k, v in to_container(cfg).items() if k in keys})
     base["encoder"] = {**(base.get("encoder") or {}), "name": context.get("encoder.name"),
                        "weights": context.get("encoder.weights")}
     base["data"] = {**(base.get("data") or {}), "name": context.get("data.name"), "split": context.get("data.split")}

@@ -126,15 +126,23 @@ def _print_results(results, tracker) -> None:
     if failed:
         print(f"\n{len(failed)} of {len(results)} job(s) failed; see the reasons above.")
     if tracker is not None:
-        print(f"\nMLflow: {len(results)} run(s) in experiment '{tracker.experiment_name}' at {tracker.uri}")
-        print("Open the UI with:  zsclust ui" + ("" if tracker.uri.startswith("sqlite") else f"  (or browse {tracker.uri})"))
+        print(f"\nMLflow: {len(results)} run(s) in experiment '{tracker.experiment_name}' at {tracker.display_uri}")
+        print("Open the UI with:  zsclust ui" + ("" if tracker.uri.startswith("sqlite") else
+                                                 f"  (or browse {tracker.display_uri})"))
+
+
+def _config_yaml(cfg) -> str:
+    """The resolved config as YAML, its URLs without passwords (``--print-config`` output lands in logs)."""
+    from ._secrets import redact_config
+    from .config import to_container, to_yaml
+
+    return to_yaml(redact_config(to_container(cfg)))
 
 
 def _print_config(cfg) -> None:
     from ._build import describe_jobs, expand_jobs
-    from .config import to_yaml
 
-    print(to_yaml(cfg))
+    print(_config_yaml(cfg))
     jobs = expand_jobs(cfg)
     print(f"# {len(jobs)} job(s), one MLflow run each:\n" + "\n".join("#" + line for line in describe_jobs(jobs).splitlines()))
 
@@ -168,7 +176,6 @@ def cmd_cluster(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .config import to_yaml
     from .jobs import tune
     from .tune import load_tune_config
 
@@ -180,7 +187,7 @@ def cmd_tune(args) -> int:
     cfgs = load_tune_config(config, overrides, embeddings=args.embeddings)
     if args.print_config:
         for cfg in cfgs:
-            print(to_yaml(cfg))
+            print(_config_yaml(cfg))
         return 0
     if args.status:
         from .tune import study_status
@@ -220,13 +227,12 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .config import to_yaml
     from .sweep import format_status, load_sweep_config, run_sweep, sweep_status
 
     overrides = [*args.overrides, *(["embed.progress=false"] if args.no_progress else [])]
     cfg = load_sweep_config(args.config, overrides)
     if args.print_config:
-        print(to_yaml(cfg))
+        print(_config_yaml(cfg))
         return 0
     if args.status:
         print(format_status(sweep_status(cfg)))
@@ -274,7 +280,7 @@ def cmd_knn(args) -> int:
     for k, acc in result.accuracy.items():
         print(f"  k={k:<4d} accuracy {acc:.4f}")
     if tracker is not None and result.run_id:
-        print(f"MLflow: run {result.run_id} in experiment '{tracker.experiment_name}' at {tracker.uri}")
+        print(f"MLflow: run {result.run_id} in experiment '{tracker.experiment_name}' at {tracker.display_uri}")
     return 0
 
 
@@ -316,16 +322,15 @@ def cmd_report(args) -> int:
 
 def _require_experiment(uri, name: str) -> None:
     """A report reads an experiment; a mistyped name must not create an empty one."""
-    from mlflow.tracking import MlflowClient
-
+    from ._secrets import redact
     from .errors import ConfigError, did_you_mean
-    from .tracking import resolve_tracking_uri
+    from .tracking import resolve_tracking_uri, tracking_client
 
     uri = resolve_tracking_uri(uri)
-    client = MlflowClient(uri)
+    client = tracking_client(uri)  # a wrong URI: one clear line, not MLflow's traceback
     if client.get_experiment_by_name(name) is None:
         names = [e.name for e in client.search_experiments()]
-        raise ConfigError(f"No MLflow experiment '{name}' in {uri.split('@')[-1]}.{did_you_mean(name, names)} "
+        raise ConfigError(f"No MLflow experiment '{name}' in {redact(uri)}.{did_you_mean(name, names)} "
                           f"Experiments there: {', '.join(names) or '(none)'}. Run 'zsclust sweep' first, or pass "
                           "--experiment / --uri.")
 
@@ -466,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ZsclustError as e:
-        print(f"zsclust: error: {e.user_message}", file=sys.stderr)
+        from ._secrets import redact_text
+
+        print(f"zsclust: error: {redact_text(e.user_message)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("zsclust: interrupted; finished shards are kept, rerun the same command to resume.", file=sys.stderr)

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .._atomic import atomic_savefig  # noqa: E402
+
 
 def plot_heatmap(matrix: np.ndarray, encoders: list[str], datasets: list[str], path: Path, title: str) -> Path:
     """Encoders × datasets coloured by AMI, each cell annotated; missing cells blank."""
@@ -29,7 +31,7 @@ def plot_heatmap(matrix: np.ndarray, encoders: list[str], datasets: list[str], p
     fig.colorbar(im, ax=ax, label="AMI")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -61,7 +63,7 @@ def plot_silhouette_vs_ami(panels: dict[str, dict], path: Path, silhouette_key: 
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.06 + 0.02 * math.ceil(len(labels) / 4) if handles else 0, 1, 1))
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -80,7 +82,7 @@ def plot_tuned_vs_default(default: list[float], tuned: list[float], labels: list
     ax.legend(fontsize=7)
     ax.set_title("Tuned vs default", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._atomic import atomic_write_bytes
+from .._secrets import redact_text
 from ..cluster import spearman_rho
 from ._collect import SETUP_LABELS, ResultRow, collect_knn_rows, collect_rows
 from ._figures import plot_heatmap, plot_silhouette_vs_ami, plot_tuned_vs_default
@@ -62,18 +63,20 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
     architecture to its supervised reference (default ``DEFAULT_SUPERVISED``; see docs/report.md).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     result = ReportResult(out)
     client = tracker.client
     exp_ids = [tracker.experiment_id]
     for name in experiments or []:
         exp = client.get_experiment_by_name(name)
         if exp is None:
-            result.notes.append(f"experiment '{name}' does not exist in {tracker.uri}; left out")
+            result.notes.append(f"experiment '{name}' does not exist in {tracker.display_uri}; left out")
         elif exp.experiment_id not in exp_ids:
             exp_ids.append(exp.experiment_id)
     keys = {job[4] for job in expected if len(job) > 4} if expected else None
-    rows = [r for r in collect_rows(client, exp_ids, keys or None) if r.split == split]
+    all_rows = collect_rows(client, exp_ids, keys or None)
+    check_arguments(all_rows, split, metric)  # a typo must not write (and log) an empty report
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in all_rows if r.split == split]
     knn_keys = {job[4] for job in expected or [] if len(job) > 4 and job[3] == KNN_JOB}
     knn_rows = [r for r in collect_knn_rows(client, exp_ids, knn_keys or None) if r.split == split]
     if expected and not knn_keys:  # a grid without sweep.knn: zsclust knn's runs on its encoders and datasets
@@ -167,12 +170,34 @@ def build_report(tracker, out_dir: str | Path, *, experiments: list[str] | None 
     miss = ["# Missing", ""]
     miss += [f"- {m}" for m in result.missing] or ["Nothing: every expected job has a finished run."]
     miss += ["", "# Notes", ""] + ([f"- {n}" for n in result.notes] or ["none"])
-    result.files.append(_write(out / "missing.md", "\n".join(miss) + "\n"))
+    # failure reasons are error messages: any URL in one is shown without its password
+    result.files.append(_write(out / "missing.md", redact_text("\n".join(miss) + "\n", tracker.uri)))
     sections += ["## Missing", "", f"{len(result.missing)} expected job(s) without a finished run: see missing.md.", ""]
     result.files.append(_write(out / "report.md", "\n".join(sections)))
     if log:
         result.run_id = _log(tracker, out, result, split)
     return result
+
+
+def check_arguments(rows: list[ResultRow], split: str, metric: str) -> None:
+    """``split`` and ``metric`` must be ones the finished runs have: a ConfigError naming those they do have.
+
+    Nothing is checked against an experiment without finished clustering runs (the report then says so).
+    """
+    from ..errors import ConfigError, did_you_mean
+
+    if not rows:
+        return
+    splits = sorted({r.split for r in rows})
+    if split not in splits:
+        raise ConfigError(f"No finished clustering run has split '{split}'.{did_you_mean(split, splits)} The runs "
+                          f"have: {', '.join(splits)}. Pass one of them to --split.")
+    metrics = sorted({k for r in rows if r.split == split for k in r.metrics})
+    if metric not in metrics:
+        scores = [m for m in metrics if "." not in m and "/" not in m and not m.endswith("seconds")] or metrics
+        raise ConfigError(f"No finished clustering run on the {split} split has the metric '{metric}'."
+                          f"{did_you_mean(metric, metrics)} Pass one the runs have to --metric: "
+                          f"{', '.join(scores[:25])}{' ...' if len(scores) > 25 else ''}.")
 
 
 def _tuned_pairs(default, tuned, metric) -> list[tuple[str, float, float, str]]:

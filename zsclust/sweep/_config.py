@@ -33,7 +33,9 @@ class SweepSettings:
     splits: list[str] = field(default_factory=lambda: ["test"])
     workers: Optional[int] = None  # clustering processes; None: half the cores (at most 8); 0: in this process
     threads_per_worker: Optional[int] = None  # None: the cores shared out among the workers
-    shard: Optional[str] = None  # "i/n": this machine takes cells i, i+n, i+2n, ... (several machines, one grid)
+    # "i/n": this machine takes cells i, i+n, i+2n, ... (several machines, one grid); "auto": i/n from the
+    # SLURM job array this runs in (sbatch --array=0-<n-1>), see resolve_shard
+    shard: Optional[str] = None
     knn: bool = False  # also the kNN probe: one job per (encoder, dataset), train split as the bank (sweep/_knn.py)
 
 
@@ -155,14 +157,46 @@ def expand_cells(cfg: DictConfig) -> list[Cell]:
     return cells
 
 
+ARRAY_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP")
+
+
+def resolve_shard(shard: str | None) -> str | None:
+    """``sweep.shard`` as ``"i/n"``: ``auto`` becomes this SLURM array task's place in its array.
+
+    An array ``--array=0-3`` (or ``1-4``, ``0-6:2``) has ``SLURM_ARRAY_TASK_COUNT`` tasks; task
+    ``SLURM_ARRAY_TASK_ID`` takes shard ``(id - min) / step`` of them. Outside an array, or in one whose
+    ids are not evenly spaced (``--array=0,3,7``), ``auto`` is a ConfigError.
+    """
+    if shard is None or str(shard).strip().lower() != "auto":
+        return shard
+    env = {v: os.environ.get(v, "") for v in ARRAY_VARS}
+    if not (env["SLURM_ARRAY_TASK_ID"].isdigit() and env["SLURM_ARRAY_TASK_COUNT"].isdigit()):
+        raise ConfigError("sweep.shard=auto takes the shard from a SLURM job array (SLURM_ARRAY_TASK_ID and "
+                          "SLURM_ARRAY_TASK_COUNT), and this process is not an array task: submit it with "
+                          "sbatch --array=0-<n-1> (experiments/launch/slurm_sweep_array.sbatch), or give "
+                          "sweep.shard=i/n.")
+    task, count = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
+    low = int(env["SLURM_ARRAY_TASK_MIN"]) if env["SLURM_ARRAY_TASK_MIN"].isdigit() else 0
+    step = int(env["SLURM_ARRAY_TASK_STEP"]) if env["SLURM_ARRAY_TASK_STEP"].isdigit() else 1
+    index, off = divmod(task - low, max(1, step))
+    if off or not 0 <= index < count:
+        raise ConfigError(f"sweep.shard=auto: array task {task} is not on the grid min {low} + k * step {step} "
+                          f"of a {count}-task array: submit an evenly spaced array such as --array=0-{count - 1}, "
+                          "or give sweep.shard=i/n.")
+    return f"{index}/{count}"
+
+
 def shard_cells(cells: list[Cell], shard: str | None) -> list[Cell]:
-    """The cells of shard ``"i/n"`` (0-based), so n machines can share one grid without doing a cell twice."""
+    """The cells of shard ``"i/n"`` (0-based; ``auto``: from the SLURM job array, see :func:`resolve_shard`), so n
+    machines can share one grid without doing a cell twice."""
+    shard = resolve_shard(shard)
     if not shard:
         return cells
     try:
         i, n = (int(x) for x in str(shard).split("/"))
     except ValueError:
-        raise ConfigError(f"sweep.shard must look like i/n (e.g. 0/4 for the first of 4 machines), got '{shard}'.") from None
+        raise ConfigError(f"sweep.shard must look like i/n (e.g. 0/4 for the first of 4 machines) or be auto (from a "
+                          f"SLURM job array), got '{shard}'.") from None
     if n < 1 or not 0 <= i < n:
         raise ConfigError(f"sweep.shard={shard}: need 0 <= i < n, e.g. 0/4 ... 3/4.")
     return cells[i::n]

@@ -7,15 +7,13 @@ dataset) and a restart, on this machine or another one sharing the tracking serv
 
 from __future__ import annotations
 
-import os
-import socket
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from ._config import Cell
 
 JOB_TAG = "zsclust.job"
-HOST_TAG = "zsclust.sweep.host"
-PID_TAG = "zsclust.sweep.pid"
+FINGERPRINT_TAG = "embedding.fingerprint"
 
 
 @dataclass
@@ -38,7 +36,7 @@ class CellPlan:
     done: list[Job] = field(default_factory=list)
 
 
-def plan_cells(cells: list[Cell], finished: set[str]) -> list[CellPlan]:
+def plan_cells(cells: list[Cell], finished: Collection[str]) -> list[CellPlan]:
     """Each cell's jobs split into done (a FINISHED run has its key) and pending."""
     from .._build import make_pipeline, run_context, run_identity
 
@@ -55,48 +53,28 @@ def plan_cells(cells: list[Cell], finished: set[str]) -> list[CellPlan]:
     return plans
 
 
-def finished_job_keys(tracker) -> set[str]:
-    """Keys of every FINISHED run in the tracker's experiment (any command that tags ``zsclust.job``)."""
-    keys = set()
-    for run in _runs(tracker, "attributes.status = 'FINISHED'"):
+def finished_job_keys(tracker) -> dict[str, str | None]:
+    """Key → embedding fingerprint of every FINISHED run in the tracker's experiment (any command that tags
+    ``zsclust.job``; where a job finished twice, the latest run's)."""
+    keys: dict[str, str | None] = {}
+    for run in _runs(tracker, "attributes.status = 'FINISHED'", ["attributes.start_time ASC"]):
         key = run.data.tags.get(JOB_TAG)
         if key:
-            keys.add(key)
+            keys[key] = run.data.tags.get(FINGERPRINT_TAG)
     return keys
 
 
-def close_orphans(tracker) -> int:
-    """Mark KILLED the RUNNING runs a sweep on this host left when its process died mid-write."""
-    host = socket.gethostname()
-    closed = 0
-    for run in _runs(tracker, "attributes.status = 'RUNNING'"):
-        tags = run.data.tags
-        if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
-            continue
-        if not _alive(int(tags[PID_TAG])):
-            tracker.end_run(run.info.run_id, status="KILLED")
-            closed += 1
-    return closed
+def stale_jobs(plan: CellPlan, finished: Mapping[str, str | None], fingerprint: str) -> list[Job]:
+    """The cell's finished jobs whose run recorded other embeddings than the cell has now.
+
+    Their keys match (same config, same images by name, size and time), yet the embeddings differ:
+    other encoder weights behind the same name (a hub's), another library version's preprocessing,
+    files of a registered dataset replaced. They stay skipped; the sweep says so.
+    """
+    return [j for j in plan.done if finished.get(j.key) not in (None, fingerprint)]
 
 
-def _runs(tracker, filter_string: str):
+def _runs(tracker, filter_string: str, order_by: list[str] | None = None):
     from ..tracking import iter_runs
 
-    return iter_runs(tracker.client, [tracker.experiment_id], filter_string)
-
-
-def sweep_tags() -> dict:
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
+    return iter_runs(tracker.client, [tracker.experiment_id], filter_string, order_by)

@@ -9,7 +9,6 @@ from the worker's recording. Errors stay with their cell or job: the sweep goes 
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import threading
@@ -19,11 +18,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from .._ranks import available_cores, is_global_zero
+from .._ranks import available_cores, configured_world, is_global_zero, launch, say_helper
 from ..errors import ConfigError, ZsclustError
-from ._config import Cell, expand_cells, shard_cells
+from ._config import Cell, expand_cells, resolve_shard, shard_cells
 from ._knn import KnnJobs
-from ._plan import CellPlan, Job, close_orphans, finished_job_keys, plan_cells, sweep_tags
+from ._plan import CellPlan, Job, finished_job_keys, plan_cells, stale_jobs
 from ._worker import cluster_job, init_worker, prepare_cell
 
 
@@ -85,21 +84,20 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
     from .._build import make_tracker
 
     start = time.perf_counter()
-    cells = shard_cells(expand_cells(cfg), cfg.sweep.shard)
+    shard = resolve_shard(cfg.sweep.shard)
+    cells = shard_cells(expand_cells(cfg), shard)
     if not cfg.tracking.enabled:
         raise ConfigError("A sweep records finished jobs in MLflow to skip them on restart; "
                           "set tracking.enabled=true (and tracking.uri for a team server).")
-    rank_zero = is_global_zero()
+    rank_zero = is_global_zero(configured_world(cfg.embed.devices, cfg.embed.num_nodes))
+    if not rank_zero:
+        say_helper()
     # Several processes embed together (DDP, SLURM, torchrun): all of them must call embed() for the same
     # cells in the same order, whatever their view of MLflow, so they embed every cell (cached ones are
     # loaded, not recomputed) and only rank 0 reads MLflow, skips finished jobs and clusters.
     together = _embeds_in_several_processes(cfg)
-    tracker = make_tracker(cfg) if rank_zero else None
-    if rank_zero:
-        closed = close_orphans(tracker)
-        if closed:
-            print(f"Marked {closed} run(s) KILLED that a killed sweep left RUNNING.")
-    finished = finished_job_keys(tracker) if rank_zero else set()
+    tracker = make_tracker(cfg) if rank_zero else None  # closes the runs a killed sweep left RUNNING
+    finished = finished_job_keys(tracker) if rank_zero else {}
     plans = plan_cells(cells, finished)
     knn = KnnJobs(plans, finished, cfg.sweep.knn)
     todo = [p.cell for p in plans if p.pending]
@@ -113,15 +111,17 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
     to_embed = [p for p in plans if p.pending or knn.is_pending(p) or together]
     workers, threads = _worker_counts(cfg)
     if rank_zero:
-        print(f"Sweep '{cfg.sweep.name}'" + (f" shard {cfg.sweep.shard}" if cfg.sweep.shard else "")
-              + f": {len(cells)} cells (encoder × dataset × split), "
+        where = f" shard {shard}" if shard else ""
+        if shard and str(cfg.sweep.shard).strip().lower() == "auto":
+            where += " (from the SLURM job array)"
+        print(f"Sweep '{cfg.sweep.name}'{where}: {len(cells)} cells (encoder × dataset × split), "
               f"{n_pending + len(summary.skipped)} jobs, {len(summary.skipped)} already finished; "
               f"{len(to_embed)} cells to embed or load; clustering "
               + (f"in {workers} worker process(es) × {threads} thread(s)" if workers else "in this process")
-              + f". MLflow: {tracker.uri}, experiment '{tracker.experiment_name}'.",
+              + f". MLflow: {tracker.display_uri}, experiment '{tracker.experiment_name}'.",
               flush=True)
     pool = _ClusterPool(tracker, summary, workers, threads, n_pending, progress and rank_zero,
-                        extra_tags={"zsclust.sweep": cfg.sweep.name, **sweep_tags()}, quiet=not rank_zero)
+                        extra_tags={"zsclust.sweep": cfg.sweep.name}, quiet=not rank_zero)
     try:
         for (enc_name, enc_weights), group in groupby(to_embed,
                                                       key=lambda p: (p.cell.encoder, p.cell.cfg.encoder.weights)):
@@ -135,7 +135,10 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
                         pool.fail_job(knn.job(plan), f"encoder {enc_name}: {_reason(e)}")
                 continue
             for plan in group:
-                emb = _embed_cell(plan, encoder, pool, together)
+                with pool.in_process():  # workers=0: jobs run in this process, never during an embedding
+                    emb = _embed_cell(plan, encoder, pool, together)
+                if emb is not None and rank_zero:
+                    _warn_stale(plan, finished, emb.fingerprint)
                 if emb is not None and rank_zero and plan.pending:
                     pool.submit_cell(plan, emb.fingerprint)
                 knn.run(plan, encoder, pool, together, rank_zero)
@@ -154,9 +157,19 @@ def run_sweep(cfg, *, progress: bool = True) -> SweepSummary | None:
 
 def _embeds_in_several_processes(cfg) -> bool:
     devices = cfg.embed.devices
-    world = os.environ.get("WORLD_SIZE", "1")
-    return (not is_global_zero() or cfg.embed.num_nodes > 1 or devices in ("auto", -1, "-1")
-            or (isinstance(devices, int) and devices > 1) or (world.isdigit() and int(world) > 1))
+    return (launch()[1] > 1 or cfg.embed.num_nodes > 1 or devices in ("auto", -1, "-1")
+            or (isinstance(devices, int) and devices > 1))
+
+
+def _warn_stale(plan: CellPlan, finished: dict, fingerprint: str) -> None:
+    """Say which finished jobs of the cell were scored on other embeddings than the cell has now."""
+    stale = stale_jobs(plan, finished, fingerprint)
+    if stale:
+        before = sorted({str(finished[j.key]) for j in stale})
+        print(f"warning: {len(stale)} finished job(s) of {plan.cell.label} ran on other embeddings "
+              f"({', '.join(before)}) than the cell has now ({fingerprint}): "
+              f"{', '.join(j.name for j in stale)}. They are skipped as finished; to score them on the current "
+              "embeddings, delete their runs (or use another tracking.experiment) and rerun.", flush=True)
 
 
 def _worker_counts(cfg) -> tuple[int, int]:
@@ -257,6 +270,10 @@ class _ClusterPool:
         self.owners: dict[Future, ProcessPoolExecutor | None] = {}  # the pool each future ran in
         self.quiet = quiet  # ranks other than 0 keep their output to themselves
         self.lock = threading.RLock()
+        # With workers=0 the collector thread runs jobs in this process. Scoring switches torch's process-wide
+        # default dtype to float64 (cluster/_metrics.py), so a job must not run while this process embeds:
+        # tensors made meanwhile would be float64 ("expected scalar type Double but found Float").
+        self.inline = threading.Lock()
         self.stop = threading.Event()
         self.collector: threading.Thread | None = None
         self.bar = None
@@ -298,12 +315,19 @@ class _ClusterPool:
                 "fingerprint": fingerprint, "cache_dir": plan.cell.cfg.embed.cache_dir,
                 "jobs": [j.name for j in plan.pending]}
 
+    def in_process(self):
+        """Held around each embedding when jobs run in this process (workers=0), so the two never overlap."""
+        import contextlib
+
+        return self.inline if self.workers == 0 else contextlib.nullcontext()
+
     def _submit(self, fn, *args, what: tuple) -> None:
         owner = None
         if self.workers == 0:  # in this process (the collector thread runs a cell's jobs), outside the lock
             future: Future = Future()
             try:
-                future.set_result(fn(*args))
+                with self.inline:
+                    future.set_result(fn(*args))
             except Exception as e:  # noqa: BLE001
                 future.set_exception(e)
         else:

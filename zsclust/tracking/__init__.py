@@ -18,12 +18,15 @@ from ._store import (
     experiment_runs_url,
     resolve_tracking_uri,
     start_ui,
+    tracking_client,
     ui_command,
+    ui_environment,
 )
 
 __all__ = [
     "ColourAssignment", "ContingencySummary", "MLflowTracker", "RecordingTracker", "artifact_root_for",
     "context_tags", "contingency_summary", "dataset_input", "default_store_dir", "experiment_runs_url", "git_commit",
     "iter_runs", "match_clusters", "plot_contingency", "plot_scatter", "replay", "resolve_tracking_uri",
-    "run_description", "scatter_colours", "start_ui", "system_metrics", "ui_command",
+    "run_description", "scatter_colours", "start_ui", "system_metrics", "tracking_client", "ui_command",
+    "ui_environment",
 ]

@@ -62,14 +62,16 @@ def context_tags(source_name: str | None = None) -> dict[str, str]:
     """MLflow's context tags: who ran it (``mlflow.user``), from what (``mlflow.source.*``), at which commit.
 
     The UI shows the source name's last path segment, so it is the command (``zsclust sweep``); the
-    full command line goes in ``zsclust.command``.
+    full command line goes in ``zsclust.command``, its URLs without passwords (``study.storage=...``).
     """
+    from .._secrets import redact_text
+
     try:
         user = getpass.getuser()
     except Exception:  # no user name in the environment or the password database (containers)
         user = os.environ.get("USER", "unknown")
     tags = {"mlflow.user": user, "mlflow.source.type": "LOCAL", "mlflow.source.name": source_name or _command(),
-            "zsclust.command": " ".join(sys.argv)[:500]}
+            "zsclust.command": redact_text(" ".join(sys.argv))[:500]}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit

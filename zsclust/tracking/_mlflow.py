@@ -11,24 +11,36 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .._secrets import redact
 from ._store import (DEFAULT_COLUMNS, DEFAULT_VIEW_KEY, SHARED_VIEW_TAG, check_reachable, default_view_state,
-                     experiment_runs_url, get_or_create_experiment, resolve_tracking_uri)
+                     experiment_runs_url, get_or_create_experiment, resolve_tracking_uri, store_error)
 
 MAX_PARAM_LEN = 6000  # MLflow 3's limit on a param value
 BATCH = 100  # log_batch takes at most 100 params per call
 
 
 class MLflowTracker:
-    """Creates runs in one experiment and logs params, metrics, tags and artifacts to them."""
+    """Creates runs in one experiment and logs params, metrics, tags and artifacts to them.
+
+    ``uri`` may hold a password: it is used to connect, never shown; :attr:`display_uri` is what
+    messages print. Every run is tagged with the process that created it (host, pid), so a later
+    command can close the runs a killed process left RUNNING (:meth:`close_orphans`).
+    """
 
     def __init__(self, uri: str | None = None, experiment: str = "zsclust"):
         from mlflow.tracking import MlflowClient
 
         self.uri = resolve_tracking_uri(uri)
         check_reachable(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_name = experiment
-        self.experiment_id = _first_contact(lambda: get_or_create_experiment(self.client, experiment, self.uri))
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.experiment_id = _first_contact(lambda: get_or_create_experiment(self.client, experiment, self.uri))
+        except Exception as e:  # a scheme MLflow does not know, a missing database driver, no connection
+            error = store_error(self.uri, e)
+            if error is None:
+                raise
+            raise error from None
         from ._describe import context_tags
 
         # who ran it, from what command, at which commit: MLflow's User and Source columns, on every run
@@ -36,8 +48,16 @@ class MLflowTracker:
         if "mlflow.source.git.commit" in self.base_tags:
             self.base_tags["git.commit"] = self.base_tags["mlflow.source.git.commit"]
 
+    @property
+    def display_uri(self) -> str:
+        """The tracking URI without its password: for messages, tags and reports."""
+        return redact(self.uri)
+
     def start_run(self, run_name: str, tags: dict | None = None, parent_run_id: str | None = None) -> str:
-        all_tags = {**self.base_tags, **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
+        from ._orphans import owner_tags
+
+        all_tags = {**self.base_tags, **owner_tags(),
+                    **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
@@ -76,7 +96,19 @@ class MLflowTracker:
         self.client.set_terminated(run_id, status=status)
 
     def run_url(self, run_id: str) -> str:
-        return f"{self.uri} experiment {self.experiment_id} run {run_id}"
+        return f"{self.display_uri} experiment {self.experiment_id} run {run_id}"
+
+    def close_orphans(self) -> list[str]:
+        """Mark KILLED the RUNNING runs of this experiment whose process (on this host) is gone; their ids."""
+        from ._orphans import close_orphans
+
+        return close_orphans(self.client, [self.experiment_id])
+
+    def adopt_run(self, run_id: str) -> None:
+        """Make this process the owner of a run another process created (a study's parent run, joined)."""
+        from ._orphans import owner_tags
+
+        self.set_tags(run_id, owner_tags())
 
     # -- what the MLflow UI shows a researcher (see zsclust/tracking/_describe.py) --
 

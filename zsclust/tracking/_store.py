@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from .._secrets import redact, redact_text
 from ..errors import ConfigError
 
 DEFAULT_DIR = "mlruns"
@@ -57,7 +58,7 @@ def artifact_root_for(uri: str) -> str | None:
     folder = default_store_dir() / "artifacts"
     import warnings
 
-    warnings.warn(f"MLflow store {uri.split('@')[-1]} is a database without an artifact location: artifacts of new "
+    warnings.warn(f"MLflow store {redact(uri)} is a database without an artifact location: artifacts of new "
                   f"experiments go to {folder} on this machine. Set {ARTIFACT_ROOT_ENV} to a place every worker "
                   "reaches, or use an MLflow server.", stacklevel=2)
     return folder.as_uri()
@@ -132,17 +133,77 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
     except Exception as e:
-        raise ConfigError(f"MLflow tracking server '{uri}' is unreachable ({e}). Start it, fix "
-                          "MLFLOW_TRACKING_URI, or unset it to use the local store under ./mlruns.") from None
+        raise ConfigError(f"MLflow tracking server '{redact(uri)}' is unreachable ({redact_text(str(e), uri)}). Start "
+                          "it, fix MLFLOW_TRACKING_URI, or unset it to use the local store under ./mlruns.") from None
+
+
+STORE_HINT = ("use http(s)://HOST:PORT (an MLflow server), sqlite:///path/mlflow.db, postgresql://USER@HOST/DB "
+              "(the password in PGPASSWORD or ~/.pgpass), or leave MLFLOW_TRACKING_URI and tracking.uri unset for "
+              "the local store under ./mlruns")
+
+
+def store_error(uri: str, e: BaseException) -> ConfigError | None:
+    """A one-line ConfigError for what a wrong tracking URI makes MLflow raise, or None for any other error.
+
+    MLflow answers an unknown scheme with a traceback about its model registry, and SQLAlchemy a
+    missing driver with ``No module named 'psycopg'``: both name neither the URI nor the fix.
+    """
+    shown = redact(uri)
+    if isinstance(e, ModuleNotFoundError):
+        return ConfigError(f"MLflow store '{shown}' needs the Python module '{e.name}', which is not installed: "
+                           "pip install 'zsclust[postgres]' (psycopg 3 for postgresql://, psycopg2 for "
+                           "postgresql+psycopg2://), or the driver your URL names.")
+    text = redact_text(str(e), uri)
+    if "unsupported URI" in text or "registered tracking store" in text or "Unsupported URI" in text:
+        scheme = uri.split("://", 1)[0] if "://" in uri else uri
+        return ConfigError(f"MLflow tracking URI '{shown}' has a scheme MLflow does not support ('{scheme}'): "
+                           f"{STORE_HINT}.")
+    if "error code 401" in text or "error code 403" in text or "not authenticated" in text.lower():
+        why = "401: not authenticated" if "401" in text or "authenticated" in text else "403: not allowed"
+        return ConfigError(f"MLflow server '{shown}' refused zsclust ({why}): set MLFLOW_TRACKING_USERNAME and "
+                           "MLFLOW_TRACKING_PASSWORD in the environment (a user of its basic-auth app with access to "
+                           "the experiment).")
+    names = {type(x).__name__ for x in (e, e.__cause__, e.__context__) if x is not None}
+    if names & {"OperationalError", "InterfaceError", "ArgumentError", "NoSuchModuleError"} or "OperationalError" in text:
+        first = (text.splitlines() or [""])[0][:300]
+        return ConfigError(f"MLflow store '{shown}' cannot be opened ({first}). Check that the database runs and "
+                           f"the URL is right: {STORE_HINT}.")
+    return None
+
+
+def tracking_client(uri: str):
+    """An ``MlflowClient`` on ``uri`` that has answered once; a wrong URI is a ConfigError (see :func:`store_error`)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    except Exception as e:
+        error = store_error(uri, e)
+        if error is None:
+            raise
+        raise error from None
+    return client
 
 
 def ui_command(uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """``mlflow server``'s command line: without the store's URI, which :func:`ui_environment` passes.
+
+    Every user of the machine can read a process's command line (``ps``); a database password there
+    would be public, so the URI (and the artifact root, which may carry a token) go through the
+    environment, as MLflow's own ``MLFLOW_BACKEND_STORE_URI`` / ``MLFLOW_DEFAULT_ARTIFACT_ROOT``.
+    """
+    return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port)]
+
+
+def ui_environment(uri: str | None = None) -> dict[str, str]:
+    """The environment variables that give ``mlflow server`` its store (see :func:`ui_command`)."""
     uri = resolve_tracking_uri(uri)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    env = {"MLFLOW_BACKEND_STORE_URI": uri}
     root = artifact_root_for(uri)
     if root:
-        cmd += ["--default-artifact-root", root]
-    return cmd
+        env["MLFLOW_DEFAULT_ARTIFACT_ROOT"] = root
+    return env
 
 
 def experiment_runs_url(server: str, experiment_id: str | None, view_key: str | None = DEFAULT_VIEW_KEY) -> str:
@@ -163,16 +224,14 @@ def pick_experiment(uri: str, name: str | None = None):
 
     A name that does not exist is a ConfigError listing the experiments there.
     """
-    from mlflow.tracking import MlflowClient
-
     from ..errors import did_you_mean
 
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     if name:
         exp = client.get_experiment_by_name(name)
         if exp is None or exp.lifecycle_stage == "deleted":
             names = [e.name for e in client.search_experiments()]
-            raise ConfigError(f"No MLflow experiment '{name}' in {uri.split('@')[-1]}.{did_you_mean(name, names)} "
+            raise ConfigError(f"No MLflow experiment '{name}' in {redact(uri)}.{did_you_mean(name, names)} "
                               f"Experiments there: {', '.join(names) or '(none)'}. Pass one of them to --experiment, "
                               "or leave it out to open the latest.")
         return exp
@@ -244,19 +303,19 @@ def start_ui(uri: str | None = None, host: str = "127.0.0.1", port: int = 5000, 
             client.set_experiment_tag(exp.experiment_id, key, value)
         exp = client.get_experiment(exp.experiment_id)
     if remote:
-        link = _ui_link(uri, exp)
+        link = _ui_link(redact(uri), exp)
         print(f"MLflow runs: {link}", flush=True)
         if open_browser:
             open_in_browser(link)
         return 0
     cmd = ui_command(uri, host, port)
-    env = dict(os.environ)
+    env = {**os.environ, **ui_environment(uri)}
     # MLflow 3's server starts a pool of job workers (GenAI features zsclust does not use): on a
     # small machine they take more CPU than the UI itself.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     server = f"http://{local}:{port}"
-    print(f"Starting the MLflow UI on {server} (store: {uri.split('@')[-1]}) ...", flush=True)
+    print(f"Starting the MLflow UI on {server} (store: {redact(uri)}) ...", flush=True)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
 
     def ready() -> None:

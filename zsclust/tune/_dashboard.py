@@ -11,20 +11,11 @@ import os
 import subprocess
 import sys
 
+from .._secrets import redact
 from ..errors import ConfigError
 
 STORAGE_ENV = "ZSCLUST_DASHBOARD_STORAGE"
 INSTALL_HINT = "pip install 'zsclust[dashboard]'"
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
 
 
 def _require_dashboard() -> None:

@@ -9,6 +9,7 @@ tuned test results across encoders and clusterers.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 
 from zsclust.errors import ConfigError
@@ -30,7 +31,9 @@ def load_study_config(study_name: str, storage: str | None, overrides=(), embedd
     from zsclust.config import load_config
 
     from ._config import TuneConfig, parse_embeddings
-    from ._study import open_storage, redact
+    from zsclust._secrets import redact, with_password_from
+
+    from ._study import open_storage
 
     st = open_storage(storage, retry_stale=0)
     try:
@@ -45,6 +48,10 @@ def load_study_config(study_name: str, storage: str | None, overrides=(), embedd
     if stored is None:
         raise ConfigError(f"Study '{study_name}' was not created by 'zsclust tune' (it has no zsclust.config).")
     cfg = load_config(None, overrides, schema=TuneConfig, base=stored)
+    # The study stores its URLs without passwords: the same URLs given in full here (--storage,
+    # $MLFLOW_TRACKING_URI) bring them back; otherwise libpq reads PGPASSWORD or ~/.pgpass.
+    cfg.study.storage = with_password_from(cfg.study.storage, [storage, st.url])
+    cfg.tracking.uri = with_password_from(cfg.tracking.uri, [os.environ.get("MLFLOW_TRACKING_URI")])
     return study, cfg, parse_embeddings(embeddings)
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from zsclust.errors import ConfigError, ZsclustError
 
 from zsclust._locks import AdvisoryLock, FileLock
+from zsclust._secrets import redact, redact_config, redact_text
 
 __all__ = ["StudyResult", "StudyRunner", "default_storage_url", "open_storage", "study_status", "TrialsFailingError"]
 
@@ -43,25 +44,6 @@ def default_storage_url() -> str:
     from zsclust.tracking import default_store_dir
 
     return f"sqlite:///{default_store_dir() / 'optuna.db'}"
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and MLflow tags."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
-
-
-def _password(url: str) -> str | None:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).password
-    except Exception:
-        return None
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -96,14 +78,16 @@ def open_storage(url: str | None, *, heartbeat_interval: int = 10, grace_period:
             callbacks = {kw: retry(max_retry=retry_stale)} if retry_stale else {}
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                                               grace_period=grace_period, **callbacks)
-    except Exception as e:  # sqlalchemy: OperationalError, ArgumentError, a missing driver, ...
-        msg = str(e).splitlines()[0][:300] if str(e) else ""
-        secret = _password(url)
-        if secret:
-            msg = msg.replace(secret, "***")
+    except ModuleNotFoundError as e:  # SQLAlchemy 2.1 reads postgresql:// as psycopg 3, for one
+        raise ConfigError(f"Optuna storage '{redact(url)}' needs the Python module '{e.name}', which is not "
+                          "installed: pip install 'zsclust[postgres]' (psycopg 3 for postgresql://, psycopg2 for "
+                          "postgresql+psycopg2://), or the driver your URL names.") from None
+    except Exception as e:  # sqlalchemy: OperationalError, ArgumentError, ...
+        msg = redact_text(str(e).splitlines()[0][:300] if str(e) else "", url)
         raise ConfigError(f"Optuna storage '{redact(url)}' is unreachable ({type(e).__name__}: {msg}). Check "
                           "study.storage (an RDB URL such as sqlite:///path/optuna.db or "
-                          "postgresql://user@host/db), or leave it unset for mlruns/optuna.db.") from None
+                          "postgresql://user@host/db, the password in PGPASSWORD or ~/.pgpass), or leave it unset "
+                          "for mlruns/optuna.db.") from None
 
 
 def storage_lock(url: str | None, study: str | None = None):
@@ -269,7 +253,8 @@ class StudyRunner:
                                   "config, or choose another study.name.")
             if "zsclust.signature" not in attrs:
                 probe.set_user_attr("zsclust.signature", sig)
-                probe.set_user_attr("zsclust.config", OmegaConf.to_container(self.cfg, resolve=True))
+                # without passwords: 'zsclust evaluate' takes them from --storage / the environment again
+                probe.set_user_attr("zsclust.config", redact_config(OmegaConf.to_container(self.cfg, resolve=True)))
             worker = int(attrs.get("zsclust.workers", 0))
             probe.set_user_attr("zsclust.workers", worker + 1)
             seed = None if self.cfg.seed is None else int(self.cfg.seed) + worker  # workers must not repeat each other
@@ -298,6 +283,7 @@ class StudyRunner:
             self.parent_run_id = info["parent_run_id"]
             try:
                 self.tracker.client.update_run(self.parent_run_id, status="RUNNING")
+                self.tracker.adopt_run(self.parent_run_id)  # closed as an orphan only when this worker dies
                 return
             except Exception:  # deleted from MLflow: start a new parent
                 pass
@@ -316,7 +302,8 @@ class StudyRunner:
             params[f"space.{dim.key}"] = (f"{dim.choices}" if dim.kind == "categorical" else
                                           f"{dim.kind}[{dim.low}, {dim.high}]{' log' if dim.log else ''}")
         self.tracker.log_params(rid, params)
-        self.tracker.log_text(rid, OmegaConf.to_yaml(cfg, resolve=True), "tune_config.yaml")
+        config = redact_config(OmegaConf.to_container(cfg, resolve=True))
+        self.tracker.log_text(rid, OmegaConf.to_yaml(OmegaConf.create(config)), "tune_config.yaml")
         self.study.set_user_attr("zsclust.mlflow", {"uri": redact(self.tracker.uri), "experiment": self.tracker.experiment_name,
                                                     "parent_run_id": rid})
         self.parent_run_id = rid
@@ -496,7 +483,7 @@ class StudyRunner:
         sil = _report.silhouette_key_of(self.cfg)
         result.spearman = _report.spearman_silhouette_ami(trials, [d.name for d in self.objective.datasets], sil)
         if self.tracker is not None and self.parent_run_id:
-            result.tracking_uri, result.experiment = self.tracker.uri, self.tracker.experiment_name
+            result.tracking_uri, result.experiment = self.tracker.display_uri, self.tracker.experiment_name
             try:
                 _report.log_study(self.tracker, self.parent_run_id, self.study, result, sil, self.cfg.objective.metric)
             except Exception as e:

@@ -1,0 +1,188 @@
+"""The launch scripts of experiments/launch, run for real: on a one-node SLURM cluster the suite starts
+(conftest.py ``slurm_cluster``: slurmctld, slurmd and munged on loopback) and with torchrun, on CPUs.
+
+The scripts are submitted as they ship, with only what a CPU cluster changes given on the command line
+(``--gpus-per-node=0 --cpus-per-task=1``, ``ACCELERATOR=cpu``): two tasks make a two-process DDP
+embedding (gloo), an array of two tasks shares one grid (``sweep.shard=auto``). The MLflow record is
+checked afterwards: every job once, written by rank 0, and a sweep cancelled with ``scancel`` finished
+by submitting it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, _free_port, write_image_folder
+
+LAUNCH = REPO / "zsclust" / "configs" / "launch"
+CPU = ("--nodes=1", "--gpus-per-node=0", "--cpus-per-task=1")  # what a CPU-only cluster changes
+CLUSTERERS = ("kmeans", "ac_k", "hdbscan")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, tiny_weights):
+    """Two tiny image folders, a sweep config over them (test_resnet, three clusterers), and ``zsclust`` on
+    PATH as the scripts call it (this checkout's, through a two-line wrapper)."""
+    tmp = tmp_path_factory.mktemp("slurm")
+    folders = [write_image_folder(tmp / "data" / name, classes=3, per_class=8, seed=seed)
+               for name, seed in (("toyA", 1), ("toyB", 2))]
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "zsclust"
+    shim.write_text(f"#!/bin/sh\nexport PYTHONPATH={REPO}\nexec {sys.executable} -m zsclust \"$@\"\n")
+    shim.chmod(0o755)
+    config = tmp / "sweep.yaml"
+    config.write_text(f"""
+encoders:
+  - {{name: test_resnet, weights: {tiny_weights}}}
+datasets: [{folders[0]}, {folders[1]}]
+embed: {{precision: 32-true, num_workers: 0, batch_size: 8}}
+reducer: none
+clusterer: [kmeans, ac_k, {{name: hdbscan, min_cluster_size: 3}}]
+evaluation: {{silhouette_spaces: [raw]}}
+tracking: {{experiment: slurm-grid, plots: false}}
+sweep: {{name: slurm-grid}}
+reduction_cache: {tmp / 'reductions'}
+""")
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "ACCELERATOR": "cpu", "SWEEP_WORKERS": "0",
+           "ZSCLUST_CACHE_DIR": str(tmp / "cache"), "ZSCLUST_DATA": str(tmp / "data"), "HF_HUB_OFFLINE": "1",
+           "TORCH_HOME": str(tmp / "torch"), "OMP_NUM_THREADS": "1"}
+    return {"tmp": tmp, "folders": folders, "config": config, "weights": tiny_weights, "env": env}
+
+
+def _finished_jobs(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute("select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
+                               "where r.status = 'FINISHED' and t.key = 'zsclust.job'").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet, or a write in progress
+        return 0
+
+
+def _job_runs(uri: str, experiment: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [r for r in client.search_runs([exp.experiment_id], max_results=1000) if "zsclust.job" in r.data.tags]
+
+
+def _manifests(cache: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in cache.glob("*/manifest.json")}
+
+
+def test_embed_script_then_sweep_script_cancelled_and_resubmitted(slurm_cluster, grid):
+    """slurm_embed.sbatch embeds one folder on 2 tasks (DDP); slurm_sweep.sbatch then runs the grid on 2 tasks,
+    loading that folder from the cache; it is scancel'ed after its first finished job and submitted again:
+    every job has exactly one FINISHED run, all written by task 0, and nothing is left RUNNING."""
+    tmp, env = grid["tmp"], dict(grid["env"])
+    db = tmp / "mlflow.db"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
+    tasks = ("--ntasks-per-node=2",)
+
+    out = tmp / "embed.out"
+    job = slurm_cluster.sbatch(LAUNCH / "slurm_embed.sbatch", "test_resnet", grid["folders"][0],
+                               "--weights", grid["weights"], "--precision", "32-true", "--batch-size", "8",
+                               "--num-workers", "0", options=(*CPU, *tasks, f"--output={out}"), env=env, cwd=tmp)
+    slurm_cluster.wait(job, timeout=300)
+    log = out.read_text()
+    assert log.count("embeddings: 24 x ") == 1, log  # printed by rank 0 only
+    assert "MEMBER: 2/2" in log and "distributed_backend=gloo" in log, log  # a real 2-process DDP
+    [(fingerprint, manifest)] = _manifests(tmp / "cache").items()
+    assert manifest["num_embedded"] == 24 and manifest["dataset"]["name"] == "toyA"
+
+    first_out, second_out = tmp / "sweep-1.out", tmp / "sweep-2.out"
+    job = slurm_cluster.sbatch(LAUNCH / "slurm_sweep.sbatch", grid["config"],
+                               options=(*CPU, *tasks, f"--output={first_out}"), env=env, cwd=tmp)
+    slurm_cluster.wait(job, timeout=300, until=lambda: _finished_jobs(db) >= 1 or not slurm_cluster.states(job))
+    slurm_cluster.cancel(job)
+    slurm_cluster.wait(job, timeout=120)
+    done_before = _finished_jobs(db)
+    assert 1 <= done_before < 6, f"the sweep finished before it could be cancelled:\n{first_out.read_text()}"
+
+    job = slurm_cluster.sbatch(LAUNCH / "slurm_sweep.sbatch", grid["config"],
+                               options=(*CPU, *tasks, f"--output={second_out}"), env=env, cwd=tmp)
+    slurm_cluster.wait(job, timeout=300)
+    log = second_out.read_text()
+    summary = f"Sweep 'slurm-grid': 6 jobs: {6 - done_before} ran, {done_before} skipped (finished before), 0 failed"
+    assert log.count(summary) == 1, log  # one process clustered: task 0
+    assert "zsclust: process 1 of 2 (SLURM): helping embed" in log, log
+    assert "MEMBER: 2/2" in log, log
+
+    runs = _job_runs(f"sqlite:///{db}", "slurm-grid")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    keys = [r.data.tags["zsclust.job"] for r in finished]
+    assert len(finished) == 6 and len(set(keys)) == 6  # every job of the grid, once
+    assert {(r.data.tags["dataset"], r.data.params["job"]) for r in finished} == {
+        (d, c) for d in ("toyA", "toyB") for c in CLUSTERERS}
+    assert not [r for r in runs if r.info.status == "RUNNING"]  # the cancelled task's leftovers were closed
+    # Every run was written by one process per submission: task 0's (the helper wrote none).
+    assert len({r.data.tags["zsclust.pid"] for r in finished}) <= 2
+    # The embed job's entry was loaded, not recomputed; the sweep added toyB's.
+    manifests = _manifests(tmp / "cache")
+    assert len(manifests) == 2 and manifests[fingerprint]["created"] == manifest["created"]
+    assert {r.data.tags["embedding.fingerprint"] for r in finished if r.data.tags["dataset"] == "toyA"} == {fingerprint}
+
+
+def test_array_script_shares_the_grid_out_with_shard_auto(slurm_cluster, grid, mlflow_server):
+    """slurm_sweep_array.sbatch as a 2-task job array against a real MLflow server: task i runs shard i/2 of
+    the grid (sweep.shard=auto), so each cell is swept by one task and every job has exactly one run."""
+    tmp, env = grid["tmp"], dict(grid["env"])
+    experiment = f"slurm-array-{int(time.time())}"
+    env["MLFLOW_TRACKING_URI"] = mlflow_server
+    out = tmp / "array-%a.out"
+    job = slurm_cluster.sbatch(LAUNCH / "slurm_sweep_array.sbatch", grid["config"], f"tracking.experiment={experiment}",
+                               options=(*CPU, "--array=0-1", f"--output={out}"), env=env, cwd=tmp)
+    slurm_cluster.wait(job, timeout=400)
+    logs = [(tmp / f"array-{i}.out").read_text() for i in (0, 1)]
+    for i, log in enumerate(logs):
+        assert f"Sweep 'slurm-grid' shard {i}/2 (from the SLURM job array): 1 cells" in log, log
+        assert "Sweep 'slurm-grid': 3 jobs: 3 ran, 0 skipped (finished before), 0 failed" in log, log
+    runs = _job_runs(mlflow_server, experiment)
+    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["zsclust.job"] for r in runs}) == 6
+    assert {r.data.tags["dataset"] for r in runs} == {"toyA", "toyB"}
+
+
+def test_sweep_on_several_tasks_without_ddp_is_refused(slurm_cluster, grid):
+    """``srun -n 2 zsclust sweep`` with one device per process is not a DDP launch: every task stops with one
+    line saying how to launch instead (it used to embed on task 1, never cluster, and exit 0)."""
+    tmp, env = grid["tmp"], dict(grid["env"])
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'refused.db'}"
+    out = tmp / "refused.out"
+    proc = slurm_cluster.command("sbatch", "--parsable", *CPU, "--ntasks-per-node=2", f"--output={out}", f"--chdir={tmp}",
+                                 "--wrap", f"srun zsclust sweep {grid['config']} embed.accelerator=cpu", env=env)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip()
+    slurm_cluster.wait(job, timeout=200)
+    log = out.read_text()
+    assert log.count("zsclust: error: SLURM started 2 tasks of this command") == 2, log  # both tasks, same words
+    assert "sweep.shard=auto" in log and "embed.devices=$SLURM_NTASKS_PER_NODE" in log
+    assert "helping embed" not in log and "Sweep 'slurm-grid'" not in log
+    assert not (tmp / "refused.db").exists()  # nothing was recorded
+
+
+def test_torchrun_script_embeds_on_two_cpu_processes(grid, tmp_path):
+    """torchrun_embed.sh with 2 CPU processes on one node: one cache entry with every sample, printed once."""
+    env = {**os.environ, **grid["env"], "GPUS": "2", "MASTER_PORT": str(_free_port()),
+           "ZSCLUST_CACHE_DIR": str(tmp_path / "cache")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # torchrun of this Python
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run(["bash", str(LAUNCH / "torchrun_embed.sh"), "test_resnet", str(grid["folders"][1]),
+                           "--weights", str(grid["weights"]), "--precision", "32-true", "--batch-size", "8",
+                           "--num-workers", "0"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    assert log.count("embeddings: 24 x ") == 1, log
+    assert "MEMBER: 2/2" in log, log
+    [manifest] = _manifests(tmp_path / "cache").values()
+    assert manifest["num_embedded"] == 24 and manifest["dataset"]["name"] == "toyB"
