@@ -188,3 +188,30 @@ def test_score_embedding_refuses_nan(blobs):
     X[[3, 10, 11]] = np.nan
     with pytest.raises(InvalidDataError, match="3 of 300 rows"):
         score_embedding(X, y)
+
+
+def test_scoring_never_touches_torchs_process_wide_dtype():
+    """Scores computed in one thread while another creates tensors (a sweep's in-process job beside the next
+    cell's embedding) must not change the dtype of those tensors."""
+    import threading
+
+    import torch
+
+    rng = np.random.default_rng(0)
+    X, t = rng.normal(size=(3000, 8)), rng.integers(0, 5, 3000)
+    stop, dtypes = threading.Event(), set()
+
+    def make_tensors():
+        while not stop.is_set():
+            dtypes.add(torch.zeros(4).dtype)
+
+    worker = threading.Thread(target=make_tensors)
+    worker.start()
+    try:
+        for _ in range(20):
+            score_labels(t, rng.integers(0, 5, 3000))
+            score_embedding(X, t, sample_size=500)
+    finally:
+        stop.set()
+        worker.join()
+    assert dtypes == {torch.float32}

@@ -21,33 +21,18 @@ scored) and ``silhouette_sample_size``. Noise (-1) is one more label by default,
 it (``noise="label"``): a clustering that leaves most points as noise is then judged with them, not
 on the few points it was sure of; ``noise="exclude"`` scores the clustered points only.
 
-Backends. torchmetrics' clustering functions are used where they agree with scikit-learn to 1e-6
-and are not pathologically slow, computed in float64 (they promote integer counts to torch's
-*default* dtype, float32, otherwise; :func:`_float64` switches it for the duration of the call):
-
-* torchmetrics: NMI, FMI, homogeneity, completeness, Calinski-Harabasz, Davies-Bouldin.
-* scikit-learn instead, and why (torchmetrics 1.9):
-  - AMI: its expected-mutual-information term is a triple Python loop over contingency cells and
-    their possible counts (2.3 s at N=3000, K=10 against sklearn's 6 ms, growing with N), and it
-    returns 0 instead of 1 for two identical single-cluster labelings.
-  - ARI: it multiplies pair counts in int64, which overflows around N=1e5 (1.41 instead of 0.99 at
-    N=200k in our check).
-  - V-measure: its own function returns 1.0 where homogeneity + completeness = 0 (independent
-    labelings; scikit-learn: 0.0). We take torchmetrics' homogeneity and completeness and apply
-    the definition (harmonic mean, 0 when both are 0).
-  - NMI: torchmetrics returns 0 for two single-cluster labelings; scikit-learn's limit is 1.0
-    (no split on either side is a perfect match). That case is answered before calling it.
-  - silhouette: torchmetrics has none.
-  - accuracy: scipy's ``linear_sum_assignment`` (torchmetrics' ``cluster_accuracy`` needs the
-    optional ``torch_linear_assignment`` package, and would match noise as a cluster).
+Backend: scikit-learn's metrics (float64 throughout), scipy's ``linear_sum_assignment`` for the
+Hungarian accuracy (noise is never matched to a class). zsclust used torchmetrics here once; it
+computes in torch's *default* dtype, which only a process-wide switch could make float64, and that
+switch changed the dtype of tensors other threads created meanwhile (a sweep's in-process jobs scored
+while the next cell embedded). Where the two libraries differ in the undefined cases (two
+single-cluster labelings: NMI 1 in scikit-learn; independent labelings: V-measure 0), scikit-learn's
+answer is the limit the definitions give.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-import warnings
 
 import numpy as np
 
@@ -72,40 +57,11 @@ the estimate's standard error stays well below the differences the study reports
 
 LABEL_METRICS = ("ami", "ari", "nmi", "fmi", "homogeneity", "completeness", "v_measure", "accuracy")
 
-_DTYPE_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _float64():
-    """Make float64 torch's default dtype for the duration (torchmetrics then computes in it).
-
-    torch's default dtype is process-global: the lock keeps two metric calls from interleaving; no
-    other zsclust code creates float tensors while metrics are computed.
-    """
-    import torch
-
-    with _DTYPE_LOCK, warnings.catch_warnings():
-        # torchmetrics builds its contingency table as a sparse COO tensor; torch then warns that
-        # sparse invariant checks are off, once per process, which says nothing to our users.
-        warnings.filterwarnings("ignore", message="Sparse invariant checks")
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
-            yield torch
-        finally:
-            torch.set_default_dtype(previous)
-
-
 def _codes(labels, what: str) -> np.ndarray:
     arr = np.asarray(labels)
     if arr.ndim != 1:
         raise InvalidDataError(f"{what}: expected a 1-D array of labels, got shape {arr.shape}.")
     return arr
-
-
-def _encode(labels: np.ndarray) -> np.ndarray:
-    """Any hashable labels -> int64 codes 0..K-1 (order preserved), as torchmetrics needs."""
-    return np.unique(labels, return_inverse=True)[1].astype(np.int64).ravel()
 
 
 def clustering_accuracy(labels_true, labels_pred, *, noise_label: int | None = NOISE) -> float:
@@ -141,17 +97,10 @@ def _label_scores(t: np.ndarray, p: np.ndarray, *, noise_label) -> dict[str, flo
         "ami": float(skm.adjusted_mutual_info_score(t, p, average_method="arithmetic")),
         "ari": float(skm.adjusted_rand_score(t, p)),
     }
-    n_t, n_p = np.unique(t).size, np.unique(p).size
-    import torchmetrics.functional.clustering as tmc
-
-    with _float64() as torch:
-        pt, tt = torch.from_numpy(_encode(p)), torch.from_numpy(_encode(t))
-        out["nmi"] = 1.0 if n_t == n_p == 1 else float(tmc.normalized_mutual_info_score(pt, tt, "arithmetic"))
-        out["fmi"] = float(tmc.fowlkes_mallows_index(pt, tt))
-        h = float(tmc.homogeneity_score(pt, tt))
-        c = float(tmc.completeness_score(pt, tt))
-    out["homogeneity"], out["completeness"] = h, c
-    out["v_measure"] = 0.0 if h + c == 0 else 2.0 * h * c / (h + c)
+    out["nmi"] = float(skm.normalized_mutual_info_score(t, p, average_method="arithmetic"))
+    out["fmi"] = float(skm.fowlkes_mallows_score(t, p))
+    h, c, v = skm.homogeneity_completeness_v_measure(t, p)
+    out["homogeneity"], out["completeness"], out["v_measure"] = float(h), float(c), float(v)
     out["accuracy"] = clustering_accuracy(t, p, noise_label=noise_label)
     return {k: out[k] for k in LABEL_METRICS}
 
@@ -241,13 +190,11 @@ def score_embedding(
     if not 2 <= k <= n - 1:
         return out
     out["silhouette"] = _silhouette(X, labels, sample_size=sample_size, random_state=random_state, metric=metric)
-    import torchmetrics.functional.clustering as tmc
+    from sklearn import metrics as skm
 
-    with _float64() as torch:
-        xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float64))
-        lt = torch.from_numpy(_encode(labels))
-        out["davies_bouldin"] = float(tmc.davies_bouldin_score(xt, lt))
-        out["calinski_harabasz"] = float(tmc.calinski_harabasz_score(xt, lt))
+    X64 = np.asarray(X, dtype=np.float64)
+    out["davies_bouldin"] = float(skm.davies_bouldin_score(X64, labels))
+    out["calinski_harabasz"] = float(skm.calinski_harabasz_score(X64, labels))
     return out
 
 
