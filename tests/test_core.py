@@ -252,3 +252,38 @@ def test_a_wheel_installed_elsewhere_runs_with_the_packaged_configs(tmp_path):
     assert "2 cells, 14 jobs: 0 finished, 14 to run." in status.stdout  # 6 setups + the kNN probe, per cell
     run = zsclust("run", "quickstart", "--print-config")
     assert run.returncode == 0 and "3 job(s)" in run.stdout, run.stderr
+
+
+def test_bad_npz_files_are_one_clear_line_naming_file_and_array(tmp_path):
+    from zsclust.embed import EmbeddingSet
+    from zsclust.errors import CacheError, InvalidDataError
+
+    def npz(name, **arrays):
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **arrays)
+        return path
+
+    X = np.zeros((5, 3), np.float32)
+    cases = [
+        (npz("flat", embeddings=np.zeros(5)), InvalidDataError, r"flat.npz': array 'embeddings' must be 2-D numbers"),
+        (npz("strings", embeddings=X, labels=np.array(list("abcde"))), InvalidDataError,
+         r"strings.npz': array 'labels' must be 1-D integers .*dtype <U1"),
+        (npz("short", embeddings=X, labels=np.zeros(4, int)), InvalidDataError,
+         r"short.npz': array 'labels' has 4 entries but 'embeddings' has 5 rows"),
+        (npz("idx", embeddings=X, indices=np.zeros(6, int)), InvalidDataError, r"array 'indices' has 6 entries"),
+        (npz("none", vectors=X), CacheError, r"none.npz' has no 'embeddings' array \(it has: vectors\)"),
+    ]
+    (tmp_path / "text.npz").write_text("not a zip at all")
+    cases.append((tmp_path / "text.npz", CacheError, r"text.npz' is not a NumPy .npz archive"))
+    np.save(tmp_path / "single.npy", X)
+    (tmp_path / "single.npy").rename(tmp_path / "single.npz")
+    cases.append((tmp_path / "single.npz", CacheError, r"single.npz' holds a single array"))
+    cases.append((tmp_path / "missing.npz", CacheError, r"missing.npz' does not exist"))
+    for path, error, message in cases:
+        with pytest.raises(error, match=message):
+            EmbeddingSet.from_npz(path)
+    fine = EmbeddingSet.from_npz(npz("fine", embeddings=X))
+    assert fine.fingerprint.startswith("npz-") and (fine.labels == -1).all()
+    # the same content elsewhere is the same entry; other content at the same path is another one
+    assert EmbeddingSet.from_npz(npz("copy", embeddings=X)).fingerprint == fine.fingerprint
+    assert EmbeddingSet.from_npz(npz("fine", embeddings=X + 1)).fingerprint != fine.fingerprint
