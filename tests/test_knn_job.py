@@ -133,7 +133,8 @@ embed: {{accelerator: cpu, precision: 32-true, num_workers: 0, progress: false, 
 reducer: {{name: pca, n_components: 8}}
 clusterer: [kmeans, ac_k]
 reduction_cache: {tmp / 'reductions'}
-tracking: {{experiment: knn-grid, uri: "sqlite:///{tmp / 'mlflow.db'}"}}
+evaluation: {{silhouette_spaces: [raw, reduced]}}
+tracking: {{experiment: knn-grid, uri: "sqlite:///{tmp / 'mlflow.db'}", plots: false}}
 sweep: {{name: knn-grid, workers: 1, knn: true}}
 """)
     env = {"ZSCLUST_CACHE_DIR": str(tmp / "cache")}

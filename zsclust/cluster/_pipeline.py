@@ -6,6 +6,7 @@ The Lightning callback calls :class:`ClusteringPipeline` when prediction ends; `
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import warnings
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from zsclust._json import to_jsonable
 from zsclust.errors import ConfigError, ZsclustError
 
 from ._job import SCATTER_NODE, JobData, JobSpec, Scoring, count_classes, is_identity, reduce, reducer_spec, run_job
@@ -92,26 +94,32 @@ class ClusteringPipeline:
         from sklearn.datasets import make_blobs
 
         need = max([_n_components(j.reducer) for j in self.jobs.values()] + [0])
+        width = max(min(n_features, 512), need + 1, 8)
         if any(_needs_more_samples_than_features(j.reducer) for j in self.jobs.values()):
-            need = max(need, min(n_features, 512))  # PCA 'mle' needs N >= d, at the smoke test too
-        m = max(smoke_samples, need + 50)
+            # PCA 'mle' needs N >= d, and its estimate costs O(d^3): a narrower smoke test checks it as well
+            width = max(min(n_features, 64), need + 1, 8)
+        m = max(smoke_samples, need + 50, width + 50)
         k = max(2, min(n_classes or 5, 20))
-        X, _ = make_blobs(n_samples=m, n_features=max(min(n_features, 512), need + 1, 8), centers=k, random_state=0)
+        X, _ = make_blobs(n_samples=m, n_features=width, centers=k, random_state=0)
         data = JobData(X.astype(np.float32), "smoke-test", None, k)
+        reduced: dict[str, np.ndarray] = {}  # jobs that share a reducer share its smoke fit
         with warnings.catch_warnings():  # convergence chatter on synthetic blobs says nothing about real data
             warnings.simplefilter("ignore")
             for job in self.jobs.values():
-                self._smoke_fit(job, data, m, n_samples, n_features, n_classes or k, memory)
+                self._smoke_fit(job, data, m, n_samples, n_features, n_classes or k, memory, reduced)
 
     def _smoke_fit(self, job: JobSpec, data: JobData, m: int, n_samples: int, n_features: int, n_classes: int,
-                   memory: bool) -> None:
+                   memory: bool, reduced: dict) -> None:
         from ._job import build_clusterer
         from ._memory import check_fit_memory
         from ._reducers import create_reducer
 
         where = f"job '{job.label}'"
         try:
-            Xr = reduce(data, job.reducer, seed=self.seed)[0]
+            key = json.dumps(to_jsonable(dict(job.reducer)), sort_keys=True)
+            if key not in reduced:
+                reduced[key] = reduce(data, job.reducer, seed=self.seed)[0]
+            Xr = reduced[key]
             if memory and not is_identity(job.reducer):
                 check_fit_memory(create_reducer(reducer_spec(job.reducer)), n_samples, n_features, name="reducer")
         except ZsclustError as e:
