@@ -25,9 +25,11 @@ from zsclust.cluster import _hdbscan, _pipeline, _progress
 from zsclust.cluster._faiss import faiss_available, kmeans_plusplus
 from zsclust.cluster._gpu import gpu_available
 from zsclust.cluster._knn_graph import KnnGraphStore, compute_knn_graph, exact_knn
-from zsclust.cluster._linkage import cut_tree, knn_connectivity
+from zsclust.cluster._linkage import cut_tree, fastcluster_available, knn_connectivity
 from zsclust.errors import CacheError, ConfigError, MemoryGuardError
 
+needs_fastcluster = pytest.mark.skipif(not fastcluster_available(),
+                                       reason="fastcluster is not installed (pip install 'zsclust[scale]')")
 needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss is not installed (pip install 'zsclust[scale]')")
 
 
@@ -58,6 +60,7 @@ def threshold_between(heights, k):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("linkage,metric", [("ward", "euclidean"), ("single", "euclidean"), ("single", "l1"),
                                             ("single", "cosine")])
+@needs_fastcluster
 def test_linear_linkage_gives_scikit_learns_labels_at_k(linkage, metric, seed):
     """Ward: the same label arrays. Single linkage: the same clusters (scikit-learn numbers the nodes of its
     single-linkage tree in another order)."""
@@ -73,6 +76,7 @@ def test_linear_linkage_gives_scikit_learns_labels_at_k(linkage, metric, seed):
         assert ours.n_clusters_ == ref.n_clusters_ == k
 
 
+@needs_fastcluster
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("linkage", ["ward", "single"])
 def test_linear_linkage_gives_scikit_learns_labels_at_a_distance_threshold(linkage, seed):
@@ -93,6 +97,7 @@ def test_linear_linkage_gives_scikit_learns_labels_at_a_distance_threshold(linka
         assert linkage != "ward" or np.array_equal(ours.labels_, ref.labels_)
 
 
+@needs_fastcluster
 @pytest.mark.parametrize("linkage", ["centroid", "median"])
 def test_centroid_and_median_linkage_are_scipys_tree_cut_like_scikit_learn(linkage):
     """scikit-learn has no centroid/median linkage: the linear path is compared with scipy's own tree."""
@@ -108,6 +113,7 @@ def test_centroid_and_median_linkage_are_scipys_tree_cut_like_scikit_learn(linka
         create_clusterer("agglomerative", n_clusters=3, linkage="median", metric="l1")
 
 
+@needs_fastcluster
 def test_memory_guard_picks_the_linear_path_where_the_quadratic_one_would_not_fit(monkeypatch):
     X, _ = cloud(n=3000, d=5, seed=4)
     reference = AgglomerativeClustering(n_clusters=10).fit(X).labels_  # scikit-learn: ~70 MB of distances
@@ -129,6 +135,7 @@ def test_memory_guard_picks_the_linear_path_where_the_quadratic_one_would_not_fi
     assert create_clusterer("agglomerative", n_clusters=10).fit(X).backend_ == "sklearn"
 
 
+@needs_fastcluster
 def test_fifty_thousand_points_plan_linear_memory():
     """The issue's case: 50,000 x 50 after UMAP-50 needed ~19.8 GiB at peak; the linear path needs megabytes."""
     est = create_clusterer("agglomerative", n_clusters=1000, backend="fastcluster")
@@ -161,6 +168,7 @@ def test_knn_connectivity_joins_components_without_the_full_distance_matrix():
     assert (A != A.T).nnz == 0 and A.diagonal().sum() == 0
 
 
+@needs_fastcluster
 def test_backend_parameter_is_a_scikit_learn_parameter():
     est = create_clusterer("agglomerative", n_clusters=3, backend="fastcluster", knn_neighbors=12)
     params = est.get_params()
@@ -352,6 +360,7 @@ def test_umap_subsample_fit_is_recorded_and_keyed():
     assert reducer_key({"name": "umap", "fit_subsample": 300})[0]["fit_subsample"] == 300
 
 
+@needs_fastcluster
 def test_run_job_records_the_backend_and_the_graph(tmp_path):
     X, y = make_blobs(n_samples=300, centers=4, n_features=16, cluster_std=0.5, random_state=0)
     data = JobData(X.astype(np.float32), "blobs-300", y, 4)
@@ -371,6 +380,7 @@ def test_the_plot_is_fitted_on_a_subsample_at_large_n(monkeypatch):
     assert _pipeline.plot_sample(JobData(data.X[:80], "fp80"), 42)[0] is None
 
 
+@needs_fastcluster
 def test_long_stages_say_so(monkeypatch, caplog):
     monkeypatch.setattr(_progress, "LOUD_FROM", 100)
     X, _ = cloud(n=150, seed=1)

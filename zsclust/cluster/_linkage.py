@@ -25,6 +25,7 @@ The path that ran is ``backend_``.
 
 from __future__ import annotations
 
+import importlib.util
 from numbers import Integral
 
 import numpy as np
@@ -48,6 +49,13 @@ _F64 = 8
 
 __all__ = ["BACKENDS", "LINEAR_LINKAGES", "LinkageBackendMixin", "cut_tree", "knn_connectivity", "linear_linkage",
            "n_clusters_at_threshold"]
+
+
+def fastcluster_available() -> bool:
+    return importlib.util.find_spec("fastcluster") is not None
+
+
+_INSTALL = "pip install 'zsclust[scale]' (fastcluster)"
 
 
 def _metric_name(metric) -> str:
@@ -147,7 +155,7 @@ class LinkageBackendMixin(ExtraParamsMixin):
         "backend": [StrOptions(set(BACKENDS))],
         "knn_neighbors": [Interval(Integral, 1, None, closed="left")],
     }
-    _zs_backend_known_answers = {
+    _zs_backend_known_answers = {} if not fastcluster_available() else {
         "K (ward, fastcluster)": {"n_clusters": 4, "backend": "fastcluster"},
         "distance_threshold (ward, fastcluster)": {"n_clusters": None, "distance_threshold": 20.0,
                                                    "backend": "fastcluster"},
@@ -163,7 +171,7 @@ class LinkageBackendMixin(ExtraParamsMixin):
         return _metric_name(self.metric)
 
     def _linear_possible(self) -> bool:
-        if self.connectivity is not None or self.linkage not in LINEAR_LINKAGES:
+        if self.connectivity is not None or self.linkage not in LINEAR_LINKAGES or not fastcluster_available():
             return False
         fc = _FASTCLUSTER_METRIC.get(self._metric())
         return fc is not None and (self.linkage not in EUCLIDEAN_ONLY or fc == "euclidean")
@@ -171,6 +179,9 @@ class LinkageBackendMixin(ExtraParamsMixin):
     def _check_backend(self) -> None:
         name = self._display_name()
         backend, linkage = self.backend, self.linkage
+        if (backend == "fastcluster" or linkage in ("centroid", "median")) and not fastcluster_available():
+            raise ConfigError(f"{name}: {'linkage=' + repr(linkage) if backend != 'fastcluster' else 'backend=fastcluster'}"
+                              f" needs fastcluster: {_INSTALL}.")
         if linkage in ("centroid", "median"):
             if backend in ("sklearn", "knn_graph"):
                 raise ConfigError(f"{name}: linkage={linkage!r} exists only in the fastcluster backend; use "
@@ -220,7 +231,9 @@ class LinkageBackendMixin(ExtraParamsMixin):
             # the graph, its symmetric copy, and scikit-learn's per-node neighbour maps (~150 B per edge)
             return 2 * inputs + n * k * 2 * 150 + n * k * 16, f"kNN connectivity graph, k={k - 1} (linear in N)"
         estimate, why = reference(n, d)
-        if self.backend == "auto" and self.linkage not in LINEAR_LINKAGES and self.connectivity is None:
+        if self.backend == "auto" and self.linkage in LINEAR_LINKAGES and not fastcluster_available():
+            why += f"; {_INSTALL} would fit {self.linkage} linkage in linear memory"
+        elif self.backend == "auto" and self.linkage not in LINEAR_LINKAGES and self.connectivity is None:
             why += (f"; linkage={self.linkage!r} has no exact linear-memory algorithm: backend: knn_graph "
                     "approximates it on a kNN graph")
         elif self.backend == "auto" and not self._linear_possible() and self.connectivity is None:
