@@ -23,7 +23,9 @@ from zsclust.errors import ConfigError, ZsclustError
 
 STUDY_UMAP_NODE = {"name": "umap", "n_components": 50, "n_neighbors": 30, "min_dist": 0.0}
 """The study's UMAP: the recommended reduction, and the space of the label-free silhouette."""
-SCATTER_NODE = {"name": "umap", "n_components": 2, "n_neighbors": 30, "min_dist": 0.1}
+SCATTER_NODE = {"name": "umap", "n_components": 2, "n_neighbors": 30, "min_dist": 0.1, "n_epochs": 200}
+"""The 2-D plot: UMAP on the embeddings' shared neighbour graph; 200 epochs (umap-learn's own number above
+10k points) keep it a fraction of a job below that too. Above 20k points it is fitted on a subsample."""
 SILHOUETTE_SPACES = ("raw", "reduced", "umap50")
 SILHOUETTE_KEYS = {"raw": "silhouette", "reduced": "silhouette_reduced", "umap50": "silhouette_umap50"}
 """Metric names of the silhouette in each space: the same in runs, trials, sweeps and reports."""

@@ -96,20 +96,28 @@ class ClusteringPipeline:
         k = max(2, min(n_classes or 5, 20))
         X, _ = make_blobs(n_samples=m, n_features=max(min(n_features, 512), need + 1, 8), centers=k, random_state=0)
         data = JobData(X.astype(np.float32), "smoke-test", None, k)
+        smoke_reductions: dict = {}  # jobs sharing a reducer smoke-fit it once
         with warnings.catch_warnings():  # convergence chatter on synthetic blobs says nothing about real data
             warnings.simplefilter("ignore")
             for job in self.jobs.values():
-                self._smoke_fit(job, data, m, n_samples, n_features, n_classes or k, memory)
+                self._smoke_fit(job, data, m, n_samples, n_features, n_classes or k, memory, smoke_reductions)
 
     def _smoke_fit(self, job: JobSpec, data: JobData, m: int, n_samples: int, n_features: int, n_classes: int,
-                   memory: bool) -> None:
+                   memory: bool, smoke_reductions: dict | None = None) -> None:
+        import json
+
         from ._job import build_clusterer
         from ._memory import check_fit_memory
-        from ._reducers import create_reducer
+        from ._reducers import create_reducer, reducer_key
 
         where = f"job '{job.label}'"
         try:
-            Xr = reduce(data, job.reducer, seed=self.seed)[0]
+            key = json.dumps(reducer_key(reducer_spec(job.reducer), random_state=self.seed), sort_keys=True)
+            if smoke_reductions is None or key not in smoke_reductions:
+                Xr = reduce(data, _few_epochs(job.reducer), seed=self.seed)[0]
+                if smoke_reductions is not None:
+                    smoke_reductions[key] = Xr
+            Xr = smoke_reductions[key] if smoke_reductions is not None else Xr
             if memory and not is_identity(job.reducer):
                 check_fit_memory(create_reducer(reducer_spec(job.reducer)), n_samples, n_features,
                                  name=f"{where}: reducer")
@@ -285,6 +293,22 @@ class ClusteringPipeline:
                     self.tracker.log_artifact(run_id, plot_scatter(scatter, y[rows], np.asarray(pred)[rows],
                                                                    tmp / "umap2d.png", title,
                                                                    class_names=classes, metrics=metrics), "plots")
+
+
+def _few_epochs(node):
+    """The smoke test's copy of a reducer node: UMAP steps run 10 epochs (it checks parameters, not layouts)."""
+    spec = reducer_spec(node)
+    if spec is None:
+        return node
+
+    def cut(step):
+        if isinstance(step, Mapping) and step.get("name") == "umap":
+            return {**step, "n_epochs": min(int(step.get("n_epochs") or 10), 10)}
+        return step
+
+    if isinstance(spec, list):
+        return {"name": "chain", "steps": [cut(s) for s in spec]}
+    return cut(spec)
 
 
 PLOT_MAX_POINTS = 20_000
