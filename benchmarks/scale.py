@@ -75,11 +75,16 @@ def measure(code: str, *, env: dict | None = None, timeout: float | None = None,
     wrapper = textwrap.dedent("""
         import json, resource, subprocess, sys, time
         t = time.perf_counter()
-        p = subprocess.run(json.loads(sys.argv[1]), capture_output=True, text=True, timeout=float(sys.argv[2]) or None)
+        try:
+            p = subprocess.run(json.loads(sys.argv[1]), capture_output=True, text=True,
+                               timeout=float(sys.argv[2]) or None)
+            rc, out, err = p.returncode, p.stdout, p.stderr
+        except subprocess.TimeoutExpired as e:  # killed and reaped: its peak memory still counts
+            rc, out, err = "timeout", (e.stdout or b"").decode(errors="replace"), "timed out"
         wall = time.perf_counter() - t
-        sys.stderr.write(p.stderr[-4000:])
+        sys.stderr.write(err[-4000:])
         print(json.dumps({"wall": wall, "maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-                          "rc": p.returncode, "stdout": p.stdout[-20000:]}))
+                          "rc": rc, "stdout": out[-20000:]}))
     """)
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     before = load()
@@ -91,7 +96,7 @@ def measure(code: str, *, env: dict | None = None, timeout: float | None = None,
         if line.startswith("RESULT "):
             result = json.loads(line[7:])
             break
-    if out["rc"] != 0:
+    if out["rc"] not in (0, "timeout"):
         print(f"    (exit {out['rc']}) {p.stderr.strip()[-1500:]}", flush=True)
     return {"wall": out["wall"], "peak": out["maxrss_kib"] * 1024, "result": result, "rc": out["rc"],
             "load": f"{before} -> {load()}", "stdout": out["stdout"]}
@@ -100,6 +105,10 @@ def measure(code: str, *, env: dict | None = None, timeout: float | None = None,
 def row(stage: str, ours: dict | None, plain: dict | None, note: str = "") -> dict:
     r = {"stage": stage, "note": note}
     for side, m in (("zsclust", ours), ("plain", plain)):
+        if m is not None and m["rc"] == "timeout":
+            r["note"] += f"; {side}: not finished after {m['wall']:.0f} s (peak {m['peak'] / GiB:.2f} GiB so far, {m['load']})"
+        elif m is not None and m["rc"] != 0:
+            r["note"] += f"; {side}: failed (exit {m['rc']})"
         if m is not None and m["rc"] == 0:
             r[f"{side}_s"] = m["wall"]
             r[f"{side}_gib"] = m["peak"] / GiB
@@ -345,7 +354,8 @@ def cmd_stages(args) -> list[dict]:
             key = label.split()[0].lower()
             if not on(key):
                 continue
-            ours, theirs = _cluster_pair(path, z_ours, node, expr, env, t, plain=run_plain)
+            timeout = args.spectral_timeout if key == "spectral" else t
+            ours, theirs = _cluster_pair(path, z_ours, node, expr, env, timeout, plain=run_plain)
             note = "on zsclust's UMAP-50" + ("" if run_plain else "; plain not run (N^2 memory)")
             rows.append(row(f"{label}", ours, theirs, note))
     print_table(f"stages at {args.n:,} x {args.d}, {args.classes} classes", rows)
@@ -415,6 +425,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "zsclust-scale-bench")
     p.add_argument("--only", default=None, help="stages: comma-separated subset (knn,umap,k-means,ac,spectral,hdbscan,affinity)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per measurement")
+    p.add_argument("--spectral-timeout", type=float, default=1200, help="seconds per spectral measurement")
     p.add_argument("--memory-limit", default=None, help="ZSCLUST_MEMORY_LIMIT for zsclust's side")
     p.add_argument("--plain-ward-max", type=int, default=25_000, help="largest N to try scikit-learn's ward at")
     p.add_argument("--ami-n", type=int, default=100_000)

@@ -204,6 +204,15 @@ def test_numba_hdbscan_gives_scikit_learns_labels(params, seed):
     assert np.array_equal(ours._single_linkage_tree_, ref._single_linkage_tree_)
 
 
+def test_numba_hdbscan_on_tightly_packed_points_far_from_the_origin():
+    """UMAP with min_dist 0 packs clusters tightly: neighbour distances far below float32 rounding of |x|^2."""
+    rng = np.random.default_rng(0)
+    X = np.concatenate([c + 1e-4 * rng.normal(size=(150, 10)) for c in 100 * rng.normal(size=(4, 10))])
+    ref = HDBSCAN(min_cluster_size=5).fit(X)
+    ours = create_clusterer("hdbscan", backend="numba", min_cluster_size=5).fit(X)
+    assert np.array_equal(ours.labels_, ref.labels_) and np.array_equal(ours.probabilities_, ref.probabilities_)
+
+
 def test_numba_core_distances_and_tree_are_scikit_learns():
     from sklearn.cluster._hdbscan._linkage import mst_from_data_matrix
     from sklearn.metrics import DistanceMetric
@@ -294,6 +303,18 @@ def test_exact_knn_is_the_brute_force_neighbour_list(metric, sk_metric):
     assert np.array_equal(idx, i_ref)
     np.testing.assert_allclose(dist, d_ref, rtol=1e-5, atol=1e-5)
     assert np.array_equal(idx[:, 0], np.arange(700))
+
+
+def test_exact_knn_is_exact_where_float32_products_cannot_rank_neighbours():
+    """Tight clusters far from each other: float32 products cannot order the points inside a cluster, so the
+    rows the rounding bound cannot vouch for are searched again in float64."""
+    rng = np.random.default_rng(0)
+    X = np.concatenate([c + 1e-3 * rng.normal(size=(200, 10)) for c in 100 * rng.normal(size=(5, 10))])
+    idx, dist = exact_knn(X.astype(np.float32), 10)
+    X64 = X.astype(np.float32).astype(np.float64)
+    d_ref, i_ref = NearestNeighbors(n_neighbors=10, algorithm="brute").fit(X64).kneighbors(X64)
+    assert np.array_equal(idx, i_ref)
+    np.testing.assert_allclose(dist, d_ref, rtol=1e-5, atol=1e-7)
 
 
 def test_shared_graph_gives_the_same_umap_embedding_as_a_fit_without_it(tmp_path):

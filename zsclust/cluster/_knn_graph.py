@@ -144,10 +144,13 @@ def _candidate_scores(Xb: np.ndarray, Y: np.ndarray, y_sq: np.ndarray | None, me
 
 
 def _prepare_gemm(X: np.ndarray, metric: str):
-    Y = np.asarray(X, dtype=np.float32)
+    # float64 data (HDBSCAN's) get float64 products: tightly packed points (UMAP with min_dist 0) have
+    # neighbour distances far below float32's rounding of |x|^2 + |y|^2 - 2xy
+    dtype = np.float64 if X.dtype == np.float64 else np.float32
+    Y = np.asarray(X, dtype=dtype)
     kind = _GEMM_METRICS.get(metric)
     if kind == "euclidean":
-        Y = Y - Y.mean(axis=0, dtype=np.float64).astype(np.float32)  # smaller norms: less float32 cancellation
+        Y = Y - Y.mean(axis=0, dtype=np.float64).astype(dtype)  # smaller norms: less cancellation
         return np.ascontiguousarray(Y), np.einsum("ij,ij->i", Y, Y)
     if kind is not None:
         if kind == "correlation":
@@ -157,18 +160,52 @@ def _prepare_gemm(X: np.ndarray, metric: str):
     return np.ascontiguousarray(np.asarray(X, dtype=np.float64)), None
 
 
+class _RoundingCheck:
+    """Rows whose candidate list the products' rounding could have cut short, and their exact scores.
+
+    A product of length D errs by at most D * eps * |x| |y| (eps of the products' precision). A row is
+    sure when its k-th exact distance, in score units, lies below the best score left out by more than
+    twice that bound; the other rows are searched again with float64 products (cheap: tight clusters
+    of near-duplicates are where it happens).
+    """
+
+    def __init__(self, X: np.ndarray, Y: np.ndarray, y_sq, metric: str):
+        self.X, self.Y, self.metric, self.kind = X, Y, metric, _GEMM_METRICS[metric]
+        eps = float(np.finfo(Y.dtype).eps)
+        norms = np.sqrt(y_sq.astype(np.float64)) if y_sq is not None else np.ones(len(Y))
+        big = float(norms.max()) if len(norms) else 0.0
+        self.x_sq = norms ** 2
+        self.err = 2.0 * X.shape[1] * eps * (2.0 * norms * big + big ** 2) + 1e-300
+        self._Y64 = None
+
+    def unsure(self, rows: np.ndarray, kth_distance: np.ndarray, next_score: np.ndarray) -> np.ndarray:
+        if self.kind == "euclidean":  # score = |x - y|^2 - |x|^2 (centred data)
+            kth = kth_distance.astype(np.float64) ** 2 - self.x_sq[rows]
+        else:  # cosine/correlation: score = -similarity = distance - 1
+            kth = kth_distance.astype(np.float64) - 1.0
+        return ~(kth + self.err[rows] < next_score.astype(np.float64))
+
+    def exact_scores(self, rows: np.ndarray) -> np.ndarray:
+        if self._Y64 is None:
+            self._Y64, sq = _prepare_gemm(np.asarray(self.X, dtype=np.float64), self.metric)
+            self._sq64 = sq
+        return _candidate_scores(self._Y64[rows], self._Y64, self._sq64, self.metric)
+
+
 def exact_knn(X: np.ndarray, n_neighbors: int, metric: str = "euclidean", *, distance=None,
               what: str = "exact kNN") -> tuple[np.ndarray, np.ndarray]:
     """Every row's ``n_neighbors`` nearest rows of ``X`` (itself included), nearest first, and their distances.
 
-    Candidates come from blocks of the full distance matrix (float32 products for euclidean, cosine
-    and correlation; scikit-learn's ``pairwise_distances`` for other metrics), ``n_neighbors + 16`` per
-    row; their distances are then recomputed exactly with ``distance`` (a numba function of two rows;
-    umap-learn's for ``metric`` by default) on ``X`` as given, and sorted (ties by index). Memory: the
-    input, one block of at most 256 MiB, and the (N, n_neighbors) result.
+    Candidates come from blocks of the full distance matrix (products in X's precision, float32 or
+    float64, for euclidean, cosine and correlation; scikit-learn's ``pairwise_distances`` for other
+    metrics), ``n_neighbors + 16`` per row; their distances are then recomputed exactly with
+    ``distance`` (a numba function of two rows; umap-learn's for ``metric`` by default) on ``X`` as
+    given, and sorted (ties by index). Rows whose candidates the products' rounding could have cut
+    short are searched again in float64 (:class:`_RoundingCheck`). Memory: the input, one block of at
+    most 256 MiB, and the (N, n_neighbors) result.
     """
     X = np.ascontiguousarray(X)
-    n = X.shape[0]
+    n, d = X.shape
     k = int(n_neighbors)
     if not 1 <= k <= n:
         raise ConfigError(f"{what}: n_neighbors={k} must be between 1 and N={n}.")
@@ -176,25 +213,40 @@ def exact_knn(X: np.ndarray, n_neighbors: int, metric: str = "euclidean", *, dis
     distance = distance or _umap_distance(metric)
     refine = _refine_kernel()
     Y, y_sq = _prepare_gemm(X, metric)
-    rows_per_block = max(1, min(n, _BLOCK_BYTES // (4 * n)))
+    check = _RoundingCheck(X, Y, y_sq, metric) if m < n and metric in _GEMM_METRICS else None
+    rows_per_block = max(1, min(n, _BLOCK_BYTES // (Y.itemsize * n)))
     indices = np.empty((n, k), dtype=np.int64)
     dists = np.empty((n, k), dtype=np.float64)
     n_blocks = -(-n // rows_per_block)
-    with stage(f"{what}: {n:,} x {X.shape[1]} ({metric}), {k} neighbours", n), \
+    with stage(f"{what}: {n:,} x {d} ({metric}), {k} neighbours", n), \
             bar(n_blocks, what, n, unit="block") as progress:
         for start in range(0, n, rows_per_block):
             stop = min(n, start + rows_per_block)
+            rows = np.arange(start, stop)
             scores = _candidate_scores(Y[start:stop], Y, y_sq, metric)
             if m < n:
-                cand = np.argpartition(scores, m - 1, axis=1)[:, :m]
+                part = np.argpartition(scores, m, axis=1)
+                cand = part[:, :m]
+                next_score = np.take_along_axis(scores, part[:, m:m + 1], axis=1)[:, 0]
             else:
                 cand = np.broadcast_to(np.arange(n), (stop - start, n)).copy()
             del scores
-            rows = np.arange(start, stop)
             exact = refine(X, rows, np.ascontiguousarray(cand), distance)
             order = np.lexsort((cand, exact), axis=1)[:, :k]
-            indices[start:stop] = np.take_along_axis(cand, order, axis=1)
-            dists[start:stop] = np.take_along_axis(exact, order, axis=1)
+            idx_b = np.take_along_axis(cand, order, axis=1)
+            dist_b = np.take_along_axis(exact, order, axis=1)
+            if check is not None:
+                unsure = check.unsure(rows, dist_b[:, -1], next_score)
+                if unsure.any():  # rounding could have left a true neighbour out: these rows again, in float64
+                    r = rows[unsure]
+                    sc = check.exact_scores(r)
+                    cand64 = np.argpartition(sc, m - 1, axis=1)[:, :m]
+                    ex = refine(X, r, np.ascontiguousarray(cand64), distance)
+                    o = np.lexsort((cand64, ex), axis=1)[:, :k]
+                    idx_b[unsure] = np.take_along_axis(cand64, o, axis=1)
+                    dist_b[unsure] = np.take_along_axis(ex, o, axis=1)
+            indices[start:stop] = idx_b
+            dists[start:stop] = dist_b
             progress.update(1)
     return indices, dists
 
