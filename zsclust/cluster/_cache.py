@@ -43,6 +43,7 @@ import numpy as np
 from zsclust._atomic import atomic_save_npy, atomic_write_json
 from zsclust._locks import FileLock
 from zsclust.cluster._knn_graph import KnnGraphStore, resolve_method
+from zsclust.cluster._probe import check_probe, probe
 from zsclust.cluster._reducers import UMAPReducer, create_reducer, reducer_key
 from zsclust.errors import CacheError, ConfigError, InvalidDataError
 
@@ -57,11 +58,7 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
-def _probe(X: np.ndarray) -> str:
-    """Digest of X's shape and 64 evenly spaced rows (as float64): cheap, even for millions of rows."""
-    rows = np.unique(np.linspace(0, X.shape[0] - 1, num=min(X.shape[0], 64)).astype(np.int64)) if len(X) else []
-    sample = np.ascontiguousarray(np.asarray(X[rows], dtype=np.float64))
-    return hashlib.sha256(repr(tuple(X.shape)).encode() + sample.data).hexdigest()
+_probe = probe  # the name this module has always used
 
 
 class ReductionCache:
@@ -183,14 +180,7 @@ class ReductionCache:
         self._remember(key, reduced, probe)
         return reduced
 
-    @staticmethod
-    def _check_probe(cached_probe: str, probe: str, fingerprint: str) -> None:
-        if cached_probe != probe:
-            raise CacheError(
-                f"The embeddings passed differ from those cached under fingerprint {fingerprint!r} (other "
-                "rows or another shape). The fingerprint must identify the array exactly: include any "
-                "subsampling or filtering of the embeddings in it."
-            )
+    _check_probe = staticmethod(check_probe)
 
     def clear_memory(self) -> None:
         """Drop the in-process layer (the disk entries stay)."""

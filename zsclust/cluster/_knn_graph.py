@@ -41,6 +41,7 @@ import numpy as np
 
 from zsclust._atomic import atomic_write_bytes, atomic_write_json
 from zsclust._locks import FileLock
+from zsclust.cluster._probe import check_probe, probe
 from zsclust.cluster._progress import bar, stage
 from zsclust.errors import ConfigError
 
@@ -298,12 +299,6 @@ def compute_knn_graph(X, n_neighbors: int, metric: str = "euclidean", *, method:
 # ----------------------------------------------------------------------------------- store
 
 
-def _probe(X: np.ndarray) -> str:
-    from zsclust.cluster._cache import _probe as probe
-
-    return probe(X)
-
-
 class KnnGraphStore:
     """Graphs on disk (``<key>.npz`` + ``<key>.json`` sidecar, written atomically, array first) and in memory.
 
@@ -328,28 +323,26 @@ class KnnGraphStore:
     def get_or_compute(self, X, *, embedding_fingerprint: str, n_neighbors: int, metric: str = "euclidean",
                        method: str = "auto", seed: int = 0) -> tuple[KnnGraph, bool]:
         """The graph, and whether it was stored already."""
-        from zsclust.cluster._cache import ReductionCache
-
         X = np.asarray(X)
         chosen = resolve_method(method, X.shape[0], X.shape[1], metric)
         inputs = self.key_inputs(embedding_fingerprint=embedding_fingerprint, n_neighbors=n_neighbors, metric=metric,
                                  method=chosen, seed=seed)
         key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-        probe = _probe(X)
+        rows = probe(X)
         if key in self._memory:
             graph, cached_probe = self._memory[key]
-            ReductionCache._check_probe(cached_probe, probe, embedding_fingerprint)
+            check_probe(cached_probe, rows, embedding_fingerprint)
             self._memory.move_to_end(key)
             return graph, True
         with FileLock(self.directory / f".{key}.lock"):
             loaded = self._load(key)
             if loaded is not None:
-                ReductionCache._check_probe(loaded[1], probe, embedding_fingerprint)
+                check_probe(loaded[1], rows, embedding_fingerprint)
                 self._remember(key, *loaded)
                 return loaded[0], True
             graph = compute_knn_graph(X, n_neighbors, metric, method=chosen, seed=seed)
-            self._store(key, inputs, graph, probe)
-            self._remember(key, graph, probe)
+            self._store(key, inputs, graph, rows)
+            self._remember(key, graph, rows)
             return graph, False
 
     def _remember(self, key: str, graph: KnnGraph, probe: str) -> None:
