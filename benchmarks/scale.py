@@ -196,6 +196,13 @@ def cmd_recipe(args) -> list[dict]:
     plain = measure(child(path, PLAIN_RECIPE))
     rows = [row(f"recipe {args.n:,} x {args.d}, {args.classes} classes", ours, plain,
                 "zsclust: scored (3 silhouette spaces incl. the label-free UMAP-50), 2-D plot, MLflow")]
+    variants = {"seed=42 (the job's UMAP-50 is the label-free space)": ["seed=42"],
+                "no label-free space, no plots": ["evaluation.silhouette_spaces=[raw,reduced]", "tracking.plots=false"]}
+    for label, extra in (variants.items() if args.variants else ()):
+        with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+            env = {"ZSCLUST_CACHE_DIR": f"{tmp}/cache", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+            rows.append(row(f"  zsclust with {label}", measure("", argv=argv + extra, env=env), plain,
+                            "plain: the same run as above"))
     print_table("zsclust cluster (study recipe) vs plain script; ratio >= 1.0 means zsclust is no slower", rows)
     return rows
 
@@ -431,6 +438,8 @@ def main(argv=None) -> int:
     p.add_argument("--ami-n", type=int, default=100_000)
     p.add_argument("--max-iter", type=int, nargs="+", default=[20, 1000])
     p.add_argument("--skip-sklearn", action="store_true")
+    p.add_argument("--variants", action="store_true", help="recipe: also zsclust with seed=42, and without the "
+                   "label-free space and plots")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = p.parse_args(argv)
     defaults = {"recipe": (10_000, 1280, 100), "study": (10_000, 1280, 100), "stages": (50_000, 768, 1000),

@@ -261,6 +261,19 @@ def test_faiss_kmeans_agrees_with_scikit_learn_on_small_data():
 
 
 @needs_faiss
+def test_faiss_lloyd_with_bounds_is_scikit_learns_lloyd_from_the_same_start():
+    """Skipping the points that provably keep their centre changes nothing: same start, same iterations,
+    same labels as scikit-learn's full Lloyd."""
+    X, _ = make_blobs(n_samples=5000, centers=30, n_features=12, cluster_std=3.0, random_state=4)
+    start = X[np.random.default_rng(0).choice(len(X), 30, replace=False)]
+    ref = KMeans(30, init=start, n_init=1, algorithm="lloyd", max_iter=300).fit(X)
+    ours = create_clusterer("kmeans", n_clusters=30, init=start, backend="faiss", max_iter=300).fit(X)
+    assert ref.n_iter_ > 10 and abs(ours.n_iter_ - ref.n_iter_) <= 1
+    assert same_partition(ours.labels_, ref.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-4, atol=1e-4)
+
+
+@needs_faiss
 def test_faiss_kmeans_stops_like_scikit_learn_and_fills_empty_clusters():
     X, _ = make_blobs(n_samples=2000, centers=5, n_features=8, random_state=2)
     capped = create_clusterer("kmeans", n_clusters=5, random_state=0, backend="faiss", max_iter=2).fit(X)

@@ -2,7 +2,8 @@
 
 ``backend: faiss`` runs Lloyd's algorithm on all the data: each iteration assigns every point to its
 nearest centre with a faiss flat index (exact, BLAS-backed; on the GPU with faiss-gpu), then moves
-each centre to its points' mean (accumulated in float64). It does *not* use ``faiss.Kmeans``, which
+each centre to its points' mean (accumulated in float64). Hamerly's bounds skip the points that
+provably keep their centre, so later iterations search only the few points near a boundary. It does *not* use ``faiss.Kmeans``, which
 trains on 256 points per centroid unless told otherwise and stops after a fixed number of iterations:
 here every point counts, and the loop stops like scikit-learn's (labels unchanged, or total centre
 shift below ``tol`` times the mean feature variance, or ``max_iter``). Empty clusters get the points
@@ -123,68 +124,120 @@ def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator, n_
 
 
 class _Assigner:
-    """Nearest centre of every point: a faiss flat L2 index (on all GPUs faiss sees, if any)."""
+    """The two nearest centres of points: a faiss flat L2 index (exact; on the GPU with faiss-gpu)."""
 
     def __init__(self, faiss, d: int, gpu: bool):
         self.faiss, self.d, self.gpu = faiss, d, gpu
         self.res = faiss.StandardGpuResources() if gpu else None
 
-    def __call__(self, X: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def top2(self, X: np.ndarray, C: np.ndarray, rows: np.ndarray | None = None):
+        """(nearest centre, distance to it, distance to the second nearest) of ``X[rows]`` (all rows: None)."""
         index = self.faiss.IndexFlatL2(self.d)
         if self.gpu:  # pragma: no cover - needs faiss-gpu
             index = self.faiss.index_cpu_to_gpu(self.res, 0, index)
         index.add(np.ascontiguousarray(C, dtype=np.float32))
-        labels = np.empty(X.shape[0], dtype=np.int64)
-        d2 = np.empty(X.shape[0], dtype=np.float32)
-        for start in range(0, X.shape[0], _ASSIGN_ROWS):
-            D, I = index.search(X[start:start + _ASSIGN_ROWS], 1)
-            labels[start:start + _ASSIGN_ROWS] = I[:, 0]
-            d2[start:start + _ASSIGN_ROWS] = D[:, 0]
-        return labels, d2
+        n = X.shape[0] if rows is None else rows.size
+        k = min(2, C.shape[0])
+        labels = np.empty(n, dtype=np.int64)
+        d1 = np.empty(n, dtype=np.float64)
+        d2 = np.full(n, np.inf)
+        for start in range(0, n, _ASSIGN_ROWS):
+            part = X[start:start + _ASSIGN_ROWS] if rows is None else X[rows[start:start + _ASSIGN_ROWS]]
+            D, I = index.search(np.ascontiguousarray(part), k)
+            np.maximum(D, 0, out=D)
+            labels[start:start + len(part)] = I[:, 0]
+            d1[start:start + len(part)] = np.sqrt(D[:, 0])
+            if k > 1:
+                d2[start:start + len(part)] = np.sqrt(D[:, 1])
+        return labels, d1, d2
 
 
-def _centre_means(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _distance_to(X: np.ndarray, C: np.ndarray, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Distance of each ``X[rows]`` to its centre ``C[labels]`` (float32 ``X`` and ``C``; in blocks)."""
+    out = np.empty(rows.size)
+    for start in range(0, rows.size, _ASSIGN_ROWS):
+        r = rows[start:start + _ASSIGN_ROWS]
+        diff = X[r] - C[labels[start:start + _ASSIGN_ROWS]]
+        out[start:start + r.size] = np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64))
+    return out
+
+
+def _centre_sums(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-centre sums (float64) and counts of the points assigned to each centre."""
     import scipy.sparse as sp
 
     sums = np.zeros((k, X.shape[1]), dtype=np.float64)
-    counts = np.bincount(labels, minlength=k)
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
     for start in range(0, X.shape[0], _ASSIGN_ROWS):
         lab = labels[start:start + _ASSIGN_ROWS]
-        M = sp.csr_matrix((np.ones(lab.size), (lab, np.arange(lab.size))), shape=(k, lab.size))
-        sums += M @ X[start:start + _ASSIGN_ROWS].astype(np.float64)
+        M = sp.csr_matrix((np.ones(lab.size, dtype=np.float32), (lab, np.arange(lab.size))), shape=(k, lab.size))
+        sums += M @ X[start:start + _ASSIGN_ROWS]
     return sums, counts
 
 
+def _move(sums: np.ndarray, counts: np.ndarray, X: np.ndarray, rows: np.ndarray, old: np.ndarray, new: np.ndarray):
+    """Points ``rows`` change centre from ``old`` to ``new``: update the sums and counts in place."""
+    x = X[rows].astype(np.float64)
+    np.subtract.at(sums, old, x)
+    np.add.at(sums, new, x)
+    np.subtract.at(counts, old, 1.0)
+    np.add.at(counts, new, 1.0)
+
+
+_SLACK = 1e-4  # a bound must win by this relative margin: float32 distances are not exact
+
+
 def lloyd(X: np.ndarray, centers: np.ndarray, *, max_iter: int, tol: float, assign: _Assigner, verbose_n: int):
-    """Lloyd iterations from ``centers`` with scikit-learn's stopping rule. Returns (centres, labels, inertia, n_iter)."""
+    """Lloyd's algorithm from ``centers`` with scikit-learn's stopping rule; (centres, labels, inertia, n_iter).
+
+    Each assignment step skips the points that provably keep their centre (Hamerly's bounds: an upper
+    bound on the distance to their own centre, a lower bound on the distance to any other, moved by how
+    far the centres moved): the same assignments as a full search (up to float32 ties), most points
+    skipped once the centres settle.
+    """
     k = centers.shape[0]
     tol_abs = float(np.mean(np.var(X, axis=0, dtype=np.float64))) * tol
-    C = np.asarray(centers, dtype=np.float32)
-    labels_old = None
-    strict = False
+    C = np.asarray(centers, dtype=np.float64)
+    labels, upper, lower = assign.top2(X, C)
+    sums, counts = _centre_sums(X, labels, k)  # kept up to date as points move
     n_iter = 0
     with bar(max_iter, "k-means (faiss)", verbose_n, unit="iter") as progress:
         for n_iter in range(1, max_iter + 1):
-            labels, d2 = assign(X, C)
-            sums, counts = _centre_means(X, labels, k)
+            s, c = sums, counts
             empty = np.flatnonzero(counts == 0)
-            if empty.size:  # scikit-learn: the points farthest from their centres become the empty centres
-                far = np.argsort(d2)[::-1][:empty.size]
-                sums[empty] = X[far]
-                counts[empty] = 1
-            new = (sums / counts[:, None]).astype(np.float32)
-            shift = float(((new.astype(np.float64) - C) ** 2).sum())
+            if empty.size:  # scikit-learn: the points farthest from their centres move to the empty clusters
+                s, c = sums.copy(), counts.copy()
+                far = np.argsort(upper)[::-1][:empty.size]
+                _move(s, c, X, far, labels[far], empty)
+            new = s / np.maximum(c, 1.0)[:, None]
+            moved = np.sqrt(((new - C) ** 2).sum(axis=1))
+            shift = float((moved ** 2).sum())
             C = new
+            C32 = C.astype(np.float32)
             progress.update(1)
-            if labels_old is not None and np.array_equal(labels, labels_old):
-                strict = True
+            # assignment with the new centres: only points whose bounds cross are searched again
+            upper += moved[labels]
+            top = int(np.argmax(moved))
+            second = float(np.partition(moved, -2)[-2]) if k > 1 else 0.0
+            lower -= np.where(labels == top, second, moved[top])
+            check = np.flatnonzero(upper * (1 - _SLACK) >= lower)
+            changed = 0
+            if check.size:
+                upper[check] = _distance_to(X, C32, check, labels[check])
+                search = check[upper[check] * (1 - _SLACK) >= lower[check]]
+                if search.size:
+                    new_labels, upper[search], lower[search] = assign.top2(X, C32, search)
+                    moving = new_labels != labels[search]
+                    changed = int(moving.sum())
+                    if changed:
+                        rows = search[moving]
+                        _move(sums, counts, X, rows, labels[rows], new_labels[moving])
+                        labels[rows] = new_labels[moving]
+            if changed == 0 or shift <= tol_abs:  # strict convergence, or scikit-learn's tolerance
                 break
-            labels_old = labels
-            if shift <= tol_abs:
-                break
-    if not strict:
-        labels, d2 = assign(X, C)
-    return C, labels, float(d2.astype(np.float64).sum()), n_iter
+    C32 = C.astype(np.float32)
+    d_own = _distance_to(X, C32, np.arange(X.shape[0]), labels)
+    return C32, labels, float((d_own ** 2).sum()), n_iter
 
 
 class KMeansBackendMixin(ExtraParamsMixin):
