@@ -186,7 +186,7 @@ def test_agglomerative_parameter_rules_fail_at_creation():
     with pytest.raises(ConfigError, match="exactly one of n_clusters"):
         create_clusterer("agglomerative", n_clusters=None)
     with pytest.raises(ConfigError, match="linkage"):
-        create_clusterer("agglomerative", linkage="median")
+        create_clusterer("agglomerative", linkage="weighted")
 
 
 def test_bad_names_and_parameters_are_config_errors():
@@ -300,7 +300,7 @@ def test_memory_guard_refuses_huge_affinity_propagation_without_allocating(monke
 
 @pytest.mark.parametrize("name,params", [
     ("affinity_propagation", {}),
-    ("agglomerative", {"n_clusters": 3}),
+    ("agglomerative", {"n_clusters": 3, "backend": "sklearn"}),  # ward's auto backend is linear (tests/test_scale.py)
     ("agglomerative", {"n_clusters": 3, "linkage": "average", "metric": "cosine"}),
     ("hdbscan", {"metric": "cosine"}),  # not a tree metric: brute force, NxN
     ("spectral", {"n_clusters": 3, "affinity": "rbf"}),

@@ -9,6 +9,8 @@ Every command clusters through :func:`run_job` (one job: reduce, cluster, score)
 """
 
 from zsclust.cluster._cache import ReductionCache
+from zsclust.cluster._gpu import gpu_available
+from zsclust.cluster._knn_graph import KnnGraph, KnnGraphStore, compute_knn_graph, exact_knn
 from zsclust.cluster._job import (
     K_KNOWN,
     SILHOUETTE_KEYS,
@@ -102,6 +104,8 @@ __all__ = [
     "PaCMAPReducer",
     "TSNEReducer",
     "affinity_graph",
+    "KnnGraph",
+    "KnnGraphStore",
     "ImportedClusterer",
     "KMeansClusterer",
     "L2Reducer",
@@ -115,9 +119,12 @@ __all__ = [
     "check_embeddings",
     "check_fit_memory",
     "clustering_accuracy",
+    "compute_knn_graph",
     "create_clusterer",
     "create_reducer",
     "estimate_fit_bytes",
+    "exact_knn",
+    "gpu_available",
     "list_clusterers",
     "list_reducers",
     "memory_budget",

@@ -21,6 +21,12 @@ file lock beside the entry, so it is fitted once and the others read it.
 
 Arrays returned are read-only (hits and misses alike), so that no caller can change a cached
 result in place; copy if you need to write.
+
+UMAP fits share one nearest-neighbour graph per (embeddings, n_neighbors, metric): the cache keeps
+the graphs in its ``knn_graphs/`` folder (:class:`~zsclust.cluster._knn_graph.KnnGraphStore`) and hands
+them to every UMAP it fits on those embeddings (every ``n_components``, the label-free UMAP-50 space,
+the 2-D plot). The graph's description (``method``, and NNDescent's seed) joins the key of a
+reduction fitted on it. ``share_knn=False`` turns sharing off.
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ import numpy as np
 
 from zsclust._atomic import atomic_save_npy, atomic_write_json
 from zsclust._locks import FileLock
-from zsclust.cluster._reducers import create_reducer, reducer_key
-from zsclust.errors import CacheError, ConfigError, InvalidDataError
+from zsclust.cluster._knn_graph import KnnGraphStore, resolve_method
+from zsclust.cluster._probe import check_probe, probe
+from zsclust.cluster._reducers import UMAPReducer, create_reducer, reducer_key
+from zsclust.errors import ConfigError, InvalidDataError
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +58,7 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
-def _probe(X: np.ndarray) -> str:
-    """Digest of X's shape and 64 evenly spaced rows (as float64): cheap, even for millions of rows."""
-    rows = np.unique(np.linspace(0, X.shape[0] - 1, num=min(X.shape[0], 64)).astype(np.int64)) if len(X) else []
-    sample = np.ascontiguousarray(np.asarray(X[rows], dtype=np.float64))
-    return hashlib.sha256(repr(tuple(X.shape)).encode() + sample.data).hexdigest()
+_probe = probe  # the name this module has always used
 
 
 class ReductionCache:
@@ -64,10 +68,44 @@ class ReductionCache:
     warning says the cache is not persisted: a cache must not fail a run.
     """
 
-    def __init__(self, directory, *, memory_items: int = 4):
+    def __init__(self, directory, *, memory_items: int = 4, share_knn: bool = True, knn_method: str = "auto",
+                 knn_seed: int = 0):
         self.directory = Path(directory)
         self.memory_items = int(memory_items)
         self._memory: OrderedDict[str, tuple[np.ndarray, str]] = OrderedDict()
+        self.share_knn = bool(share_knn)
+        self.knn_method = knn_method
+        self.knn_seed = int(knn_seed)
+        self.graphs = KnnGraphStore(self.directory / "knn_graphs")
+
+    # -- the shared neighbour graph ----------------------------------------------------------------
+    def graph_request(self, reducer_spec, X, *, seed: int) -> dict | None:
+        """The shared graph a reduction of ``X`` would use (``n_neighbors``, ``metric``, ``method``, ``seed``), or None.
+
+        Only a single UMAP step on the embeddings themselves shares one (a UMAP after PCA sees other data),
+        and not one that fits on a subsample.
+        """
+        if not self.share_knn or getattr(X, "ndim", 0) != 2:
+            return None
+        reducer = create_reducer(reducer_spec, random_state=int(seed))
+        if not isinstance(reducer, UMAPReducer) or not isinstance(reducer.metric, str):
+            return None
+        n, d = X.shape
+        if reducer.n_neighbors >= n or (reducer.fit_subsample is not None and n > reducer.fit_subsample):
+            return None
+        method = resolve_method(self.knn_method, n, d, reducer.metric)
+        return {"n_neighbors": int(reducer.n_neighbors), "metric": reducer.metric, "method": method,
+                "seed": self.knn_seed if method == "nndescent" else None}
+
+    def fit_details(self, reducer_spec, X, *, seed: int) -> dict:
+        """What a reduction of ``X`` is fitted with beyond its parameters, as run params (``knn_graph``)."""
+        request = self.graph_request(reducer_spec, X, seed=seed)
+        if request is None:
+            return {}
+        out = {"knn_graph": request["method"]}
+        if request["seed"] is not None:
+            out["knn_graph_seed"] = request["seed"]
+        return out
 
     # -- keys ------------------------------------------------------------------------------------
     @staticmethod
@@ -102,8 +140,11 @@ class ReductionCache:
         ``reducer_spec`` is a spec (name, mapping or list), not a built estimator.
         """
         inputs = self.key_inputs(reducer_spec, embedding_fingerprint=embedding_fingerprint, seed=seed)
-        key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
         X = np.asarray(X)
+        graph = self.graph_request(reducer_spec, X, seed=seed)
+        if graph is not None:
+            inputs["knn_graph"] = graph
+        key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
         probe = _probe(X) if X.ndim == 2 else ""
 
         if key in self._memory:
@@ -118,11 +159,17 @@ class ReductionCache:
                 self._check_probe(cached_probe, probe, embedding_fingerprint)
                 self._remember(key, cached, cached_probe)
                 return cached, True
-            return self._fit(key, inputs, reducer_spec, X, probe, seed), False
+            return self._fit(key, inputs, reducer_spec, X, probe, seed, graph), False
 
-    def _fit(self, key: str, inputs: dict, reducer_spec, X: np.ndarray, probe: str, seed: int) -> np.ndarray:
+    def _fit(self, key: str, inputs: dict, reducer_spec, X: np.ndarray, probe: str, seed: int,
+             graph_request: dict | None = None) -> np.ndarray:
         reducer = create_reducer(reducer_spec, random_state=int(seed))
-        reduced = np.asarray(reducer.fit_transform(X))
+        if graph_request is not None:
+            graph, _ = self.graphs.get_or_compute(X, embedding_fingerprint=inputs["embedding_fingerprint"],
+                                                  **graph_request)
+            reduced = np.asarray(reducer.fit_transform(X, knn_graph=graph))
+        else:
+            reduced = np.asarray(reducer.fit_transform(X))
         if reduced.ndim != 2 or reduced.shape[0] != X.shape[0]:
             raise InvalidDataError(f"Reducer returned shape {reduced.shape} for {X.shape[0]} input rows.")
         reduced = np.ascontiguousarray(reduced)
@@ -133,14 +180,7 @@ class ReductionCache:
         self._remember(key, reduced, probe)
         return reduced
 
-    @staticmethod
-    def _check_probe(cached_probe: str, probe: str, fingerprint: str) -> None:
-        if cached_probe != probe:
-            raise CacheError(
-                f"The embeddings passed differ from those cached under fingerprint {fingerprint!r} (other "
-                "rows or another shape). The fingerprint must identify the array exactly: include any "
-                "subsampling or filtering of the embeddings in it."
-            )
+    _check_probe = staticmethod(check_probe)
 
     def clear_memory(self) -> None:
         """Drop the in-process layer (the disk entries stay)."""

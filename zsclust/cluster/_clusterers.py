@@ -39,6 +39,10 @@ import sklearn.cluster as skc
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils._param_validation import Interval
 
+from zsclust.cluster._backends import with_backends
+from zsclust.cluster._faiss import KMeansBackendMixin
+from zsclust.cluster._hdbscan import HDBSCANBackendMixin
+from zsclust.cluster._linkage import LinkageBackendMixin
 from zsclust.cluster._memory import check_fit_memory, register_estimator
 from zsclust.cluster._validation import _validate_sklearn_params, check_at_most_n, check_embeddings, check_param_names
 from zsclust.errors import ConfigError, did_you_mean
@@ -146,9 +150,10 @@ class GuardedClusterMixin:
         return None if base.__module__ == "sklearn.base" else base
 
 
+@with_backends
 @register_clusterer("kmeans", defaults={"n_init": 1, "max_iter": 1000},
                     known_answers={"kmeans": {"n_clusters": 4, "random_state": 0}})
-class KMeansClusterer(GuardedClusterMixin, skc.KMeans):
+class KMeansClusterer(KMeansBackendMixin, GuardedClusterMixin, skc.KMeans):
     """k-means (needs K). Registry defaults follow the study: one k-means++ init, max_iter=1000."""
 
     def _check_against_data(self, n_samples):
@@ -159,6 +164,7 @@ class KMeansClusterer(GuardedClusterMixin, skc.KMeans):
         return 2 * n * d * _F64 + n * min(k, 256) * _F64, "k-means (linear in N)"
 
 
+@with_backends
 @register_clusterer(
     "agglomerative", defaults={"linkage": "ward", "metric": "euclidean"},
     known_answers={
@@ -168,7 +174,7 @@ class KMeansClusterer(GuardedClusterMixin, skc.KMeans):
         "distance_threshold (average, l1)": {"n_clusters": None, "distance_threshold": 20.0, "linkage": "average",
                                              "metric": "l1"},
     })
-class AgglomerativeClusterer(GuardedClusterMixin, skc.AgglomerativeClustering):
+class AgglomerativeClusterer(LinkageBackendMixin, GuardedClusterMixin, skc.AgglomerativeClustering):
     """Agglomerative clustering with either K (``n_clusters``) or ``distance_threshold`` (K unknown).
 
     ``normalize`` (only with a ``distance_threshold``) is the study's "AC w/o C" scaling, so that one
@@ -292,6 +298,7 @@ class AffinityPropagationClusterer(GuardedClusterMixin, skc.AffinityPropagation)
         return 7 * n * n * _F64 + n * d * _F64, "7 NxN float64 matrices"
 
 
+@with_backends
 @register_clusterer(
     "hdbscan",
     defaults={"min_cluster_size": 5, "min_samples": None, "cluster_selection_method": "eom",
@@ -299,7 +306,7 @@ class AffinityPropagationClusterer(GuardedClusterMixin, skc.AffinityPropagation)
     test_params={"min_cluster_size": 3},
     known_answers={"eom": {"min_cluster_size": 10}, "leaf": {"min_cluster_size": 10, "cluster_selection_method": "leaf"}},
 )
-class HDBSCANClusterer(GuardedClusterMixin, skc.HDBSCAN):
+class HDBSCANClusterer(HDBSCANBackendMixin, GuardedClusterMixin, skc.HDBSCAN):
     """HDBSCAN (finds K itself; noise is -1; all points may be noise, which is a valid result).
 
     ``max_cluster_size`` may also be a fraction of N in (0, 1] (the study caps clusters at 0.2 N):

@@ -23,7 +23,9 @@ from zsclust.errors import ConfigError, ZsclustError
 
 STUDY_UMAP_NODE = {"name": "umap", "n_components": 50, "n_neighbors": 30, "min_dist": 0.0}
 """The study's UMAP: the recommended reduction, and the space of the label-free silhouette."""
-SCATTER_NODE = {"name": "umap", "n_components": 2, "n_neighbors": 30, "min_dist": 0.1}
+SCATTER_NODE = {"name": "umap", "n_components": 2, "n_neighbors": 30, "min_dist": 0.1, "n_epochs": 200}
+"""The 2-D plot: UMAP on the embeddings' shared neighbour graph; 200 epochs (umap-learn's own number above
+10k points) keep it a fraction of a job below that too. Above 20k points it is fitted on a subsample."""
 SILHOUETTE_SPACES = ("raw", "reduced", "umap50")
 SILHOUETTE_KEYS = {"raw": "silhouette", "reduced": "silhouette_reduced", "umap50": "silhouette_umap50"}
 """Metric names of the silhouette in each space: the same in runs, trials, sweeps and reports."""
@@ -201,6 +203,7 @@ def run_job(data: JobData, job: JobSpec, *, seed: int = 0, cache=None, scoring: 
     start = time.perf_counter()
     pred = np.asarray(clusterer.fit_predict(Xr))
     t_cluster = time.perf_counter() - start
+    params.update(fit_record(data, job, seed, cache, clusterer))
     start = time.perf_counter()
     skipped: dict[str, str] = {}
     if "umap50" in scoring.silhouette_spaces and umap50 is None:
@@ -212,6 +215,18 @@ def run_job(data: JobData, job: JobSpec, *, seed: int = 0, cache=None, scoring: 
     metrics.update(reduce_seconds=t_reduce, cluster_seconds=t_cluster, score_seconds=time.perf_counter() - start,
                    reduction_cache_hit=float(hit))
     return JobOutput(pred, {k: float(v) for k, v in metrics.items() if v is not None}, params, Xr, skipped)
+
+
+def fit_record(data: JobData, job: JobSpec, seed: int, cache, clusterer) -> dict[str, Any]:
+    """How the job's estimators ran, beyond their parameters: the clusterer's backend (``clusterer.backend_``,
+    e.g. fastcluster when ``backend: auto`` chose the linear path) and the shared neighbour graph a UMAP
+    reduction was fitted on (``reducer.knn_graph``)."""
+    out: dict[str, Any] = {}
+    if cache is not None and not is_identity(job.reducer) and hasattr(cache, "fit_details"):
+        out.update({f"reducer.{k}": v for k, v in cache.fit_details(reducer_spec(job.reducer), data.X, seed=seed).items()})
+    if getattr(clusterer, "backend_", None) is not None:
+        out["clusterer.backend_"] = clusterer.backend_
+    return out
 
 
 def score(data: JobData, pred: np.ndarray, Xr: np.ndarray, scoring: Scoring, *, reduced: bool,

@@ -118,7 +118,7 @@ class ClusteringPipeline:
         try:
             key = json.dumps(to_jsonable(dict(job.reducer)), sort_keys=True)
             if key not in reduced:
-                reduced[key] = reduce(data, job.reducer, seed=self.seed)[0]
+                reduced[key] = reduce(data, _few_epochs(job.reducer), seed=self.seed)[0]
             Xr = reduced[key]
             if memory and not is_identity(job.reducer):
                 check_fit_memory(create_reducer(reducer_spec(job.reducer)), n_samples, n_features, name="reducer")
@@ -193,7 +193,8 @@ class ClusteringPipeline:
                 self.skipped_extras["silhouette_umap50"] = str(e)
         if self.plots and self.tracker is not None:
             try:
-                out["scatter"] = reduce(data, SCATTER_NODE, seed=self.scoring.umap_seed, cache=self.reduction_cache)[0]
+                out["scatter_rows"], plotted = plot_sample(data, self.scoring.umap_seed)
+                out["scatter"] = reduce(plotted, SCATTER_NODE, seed=self.scoring.umap_seed, cache=self.reduction_cache)[0]
             except ZsclustError as e:
                 self.skipped_extras["umap2d_plot"] = str(e)
         return out
@@ -215,10 +216,15 @@ class ClusteringPipeline:
                 out = run_job(data, job, seed=self.seed, cache=self.reduction_cache, scoring=self.scoring,
                               umap50=extras["umap50"])
             result.metrics, result.labels_pred = out.metrics, out.labels
+            ran = {k: v for k, v in out.params.items() if k not in result.params}  # what ran (clusterer.backend_, ...)
+            result.params.update(ran)
             if self.tracker is not None:
+                if ran:
+                    self.tracker.log_params(run_id, ran)
                 self.tracker.log_metrics(run_id, result.metrics)
                 self.tracker.set_tags(run_id, self._description(job, result.metrics, embeddings))
-                self._log_artifacts(run_id, embeddings, data, out.labels, extras["scatter"], job, result.metrics)
+                self._log_artifacts(run_id, embeddings, data, out.labels, extras["scatter"], job, result.metrics,
+                                    scatter_rows=extras.get("scatter_rows"))
                 self.tracker.end_run(run_id)
         except Exception as e:  # noqa: BLE001 - one job's failure (a bad setting, a library error) must not stop the others
             result.error = e.user_message if isinstance(e, ZsclustError) else f"{type(e).__name__}: {e}"
@@ -264,7 +270,8 @@ class ClusteringPipeline:
                 "clusterer": job.clusterer.get("name"), "zsclust.job": self.job_key(job.label),
                 **{f"zsclust.skipped.{k}": v[:500] for k, v in self.skipped_extras.items()}}
 
-    def _log_artifacts(self, run_id, embeddings, data: JobData, pred, scatter, job: JobSpec, metrics: dict) -> None:
+    def _log_artifacts(self, run_id, embeddings, data: JobData, pred, scatter, job: JobSpec, metrics: dict,
+                       scatter_rows: np.ndarray | None = None) -> None:
         from ..tracking import plot_contingency, plot_scatter
 
         y = np.asarray(embeddings.labels)
@@ -283,8 +290,40 @@ class ClusteringPipeline:
                     self.tracker.log_artifact(run_id, plot_contingency(y, pred, tmp / "contingency.png", classes,
                                                                        title=title), "plots")
                 if scatter is not None:
-                    self.tracker.log_artifact(run_id, plot_scatter(scatter, y, pred, tmp / "umap2d.png", title,
+                    rows = slice(None) if scatter_rows is None else scatter_rows  # a plotted subsample at large N
+                    self.tracker.log_artifact(run_id, plot_scatter(scatter, y[rows], np.asarray(pred)[rows],
+                                                                   tmp / "umap2d.png", title,
                                                                    class_names=classes, metrics=metrics), "plots")
+
+
+def _few_epochs(node):
+    """The smoke test's copy of a reducer node: UMAP steps run 10 epochs (it checks parameters, not layouts)."""
+    spec = reducer_spec(node)
+    if spec is None:
+        return node
+
+    def cut(step):
+        if isinstance(step, Mapping) and step.get("name") == "umap":
+            return {**step, "n_epochs": min(int(step.get("n_epochs") or 10), 10)}
+        return step
+
+    if isinstance(spec, list):
+        return {"name": "chain", "steps": [cut(s) for s in spec]}
+    return cut(spec)
+
+
+PLOT_MAX_POINTS = 20_000
+"""Above this many points the 2-D UMAP plot shows a seeded random subsample of this size: the plot must never
+cost as much as a job (below it, it shares the embeddings' neighbour graph through the reduction cache)."""
+
+
+def plot_sample(data: JobData, seed: int) -> tuple[np.ndarray | None, JobData]:
+    """(rows plotted or None for all, the data to fit the 2-D plot on)."""
+    n = len(data.X)
+    if n <= PLOT_MAX_POINTS:
+        return None, data
+    rows = np.sort(np.random.default_rng(seed).choice(n, PLOT_MAX_POINTS, replace=False))
+    return rows, JobData(data.X[rows], f"{data.fingerprint}:plot-sample:{PLOT_MAX_POINTS}:{seed}", None, data.n_classes)
 
 
 def _inline(node: Mapping) -> str:

@@ -261,6 +261,8 @@ class UMAPReducer(_CheckedReducerMixin, TransformerMixin, BaseEstimator):
         "init": [StrOptions({"spectral", "random", "pca", "tswspectral"})],
         "n_jobs": [Integral, None],
         "verbose": ["verbose"],
+        "fit_subsample": [Interval(Integral, 2, None, closed="left"), None],
+        "backend": [StrOptions({"auto", "umap-learn", "cuml"})],
     }
 
     def __init__(
@@ -274,6 +276,8 @@ class UMAPReducer(_CheckedReducerMixin, TransformerMixin, BaseEstimator):
         init: str = "spectral",
         n_jobs: int | None = None,
         verbose: bool = False,
+        fit_subsample: int | None = None,
+        backend: str = "auto",
     ):
         self.n_components = n_components
         self.n_neighbors = n_neighbors
@@ -284,6 +288,8 @@ class UMAPReducer(_CheckedReducerMixin, TransformerMixin, BaseEstimator):
         self.init = init
         self.n_jobs = n_jobs
         self.verbose = verbose
+        self.fit_subsample = fit_subsample
+        self.backend = backend
 
     def _check_against_data(self, n_samples, n_features):
         if self.n_neighbors >= n_samples:
@@ -304,28 +310,42 @@ class UMAPReducer(_CheckedReducerMixin, TransformerMixin, BaseEstimator):
         return n * d * _F64 + n * k * 16 + n * k * 2 * 24 + n * int(self.n_components) * _F64, \
             "UMAP: kNN graph, fuzzy graph and embedding (linear in N)"
 
-    def fit(self, X, y=None):
-        """Fit UMAP on the checked embeddings. Returns self."""
-        X = self._prepare_fit(X)
-        import umap  # deferred: heavy import, numba compilation
+    def fit(self, X, y=None, knn_graph=None):
+        """Fit UMAP on the checked embeddings (on ``knn_graph``, a shared neighbour graph, when given). Returns self.
 
-        n_jobs = self.n_jobs if self.n_jobs is not None else (1 if self.random_state is not None else -1)
-        self.umap_ = umap.UMAP(
-            n_components=self.n_components, n_neighbors=self.n_neighbors, min_dist=self.min_dist,
-            metric=self.metric, random_state=self.random_state, n_epochs=self.n_epochs, init=self.init,
-            n_jobs=n_jobs, verbose=self.verbose,
-        ).fit(X)
-        self.embedding_ = self.umap_.embedding_
+        How it fits (shared graph, subsample, GPU) is :mod:`zsclust.cluster._umap`; ``fit_info_`` says what ran.
+        """
+        X = self._prepare_fit(X)
+        from zsclust.cluster._umap import fit_umap
+
+        self.umap_, self.embedding_, self.fit_info_ = fit_umap(self, X, knn_graph)
         self.n_features_in_ = X.shape[1]
         return self
 
-    def fit_transform(self, X, y=None):
+    def fit_transform(self, X, y=None, knn_graph=None):
         """Fit, and return the training data's embedding (not a re-projection of it)."""
-        return self.fit(X).embedding_
+        return self.fit(X, knn_graph=knn_graph).embedding_
+
+    def _zs_key_params(self) -> dict[str, Any]:
+        """Parameters for :func:`reducer_key`: ``fit_subsample`` only when set, ``backend`` only when it means cuML,
+        so the keys of plain CPU fits are what they were before these parameters existed."""
+        from zsclust.cluster._umap import resolve_backend
+
+        params = self.get_params(deep=False)
+        if params.get("fit_subsample") is None:
+            params.pop("fit_subsample", None)
+        backend = params.pop("backend", "auto")
+        if resolve_backend(backend) == "cuml":
+            params["backend"] = "cuml"
+        return params
 
     def transform(self, X):
         """Project new points into the fitted embedding."""
         check_is_fitted(self, "umap_")
+        if getattr(self.umap_, "_knn_search_index", True) is None and getattr(self, "fit_info_", {}).get("knn_graph") \
+                not in (None, "own"):
+            raise ConfigError("umap: this reducer was fitted on a shared neighbour graph, which has no search index "
+                              "to place new points with; fit it without knn_graph to use transform.")
         return self.umap_.transform(self._prepare_transform(X))
 
 
@@ -417,7 +437,9 @@ def _describe(est) -> dict[str, Any]:
     name = getattr(est, "_zs_name", "")
     if not name or _REGISTRY.get(name, (None,))[0] is not type(est):
         raise ConfigError(f"reducer_key: {type(est).__name__} is not a registered zsclust reducer.")
-    params = {k: to_jsonable(v) for k, v in sorted(est.get_params(deep=False).items()) if k not in _NON_SEMANTIC}
+    own = getattr(est, "_zs_key_params", None)
+    raw = own() if callable(own) else est.get_params(deep=False)
+    params = {k: to_jsonable(v) for k, v in sorted(raw.items()) if k not in _NON_SEMANTIC}
     return {"name": name, **params}
 
 

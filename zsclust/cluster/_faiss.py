@@ -1,0 +1,347 @@
+"""K-Means for millions of points: faiss's nearest-centroid search, k-means++ starts, scikit-learn's stopping rule.
+
+``backend: faiss`` runs Lloyd's algorithm on all the data: each iteration assigns every point to its
+nearest centre with a faiss flat index (exact, BLAS-backed; on the GPU with faiss-gpu), then moves
+each centre to its points' mean (accumulated in float64). Hamerly's bounds skip the points that
+provably keep their centre, so later iterations search only the few points near a boundary. It does *not* use ``faiss.Kmeans``, which
+trains on 256 points per centroid unless told otherwise and stops after a fixed number of iterations:
+here every point counts, and the loop stops like scikit-learn's (labels unchanged, or total centre
+shift below ``tol`` times the mean feature variance, or ``max_iter``). Empty clusters get the points
+farthest from their centres, as in scikit-learn.
+
+Starts: ``init='k-means++'`` is greedy k-means++ (scikit-learn's: 2 + log K candidates per step, the one
+that lowers the potential most) on a seeded subsample of at most :data:`INIT_SAMPLE_PER_CLUSTER`
+points per cluster, computed with float32 products; ``n_init`` starts, the lowest inertia kept. (On this
+machine scikit-learn's ``kmeans_plusplus`` on float32 data upcasts every distance block to float64 and
+took 172 s for 20k x 768 and K=1000; this takes seconds.) ``'random'`` and an array of centres work too.
+
+``auto``: cuML on a GPU; faiss from :data:`FAISS_FROM` points when it is installed; scikit-learn below
+(the study's reference implementation, which is fast enough there).
+
+faiss-cpu wheels bundle an OpenBLAS (0.3.15 in faiss-cpu 1.15) that does not recognise recent Xeons and
+falls back to slow generic kernels (10x slower products here). Unless ``OPENBLAS_CORETYPE`` is set,
+zsclust sets it for the moment faiss is imported, from the CPU's flags (SkylakeX with AVX-512,
+Haswell with AVX2); numpy's own OpenBLAS is loaded already and is not affected.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+
+import numpy as np
+import sklearn.cluster as skc
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import StrOptions
+
+from zsclust.cluster._backends import ExtraParamsMixin
+from zsclust.cluster._progress import bar, stage
+from zsclust.errors import ConfigError
+
+BACKENDS = ("auto", "sklearn", "faiss", "cuml")
+FAISS_FROM = 200_000
+"""``auto`` uses faiss from this many points."""
+INIT_SAMPLE_PER_CLUSTER = 64
+"""k-means++ starts are chosen among at most this many points per cluster (a seeded subsample)."""
+_ASSIGN_ROWS = 65_536
+_F32, _F64 = 4, 8
+
+__all__ = ["BACKENDS", "KMeansBackendMixin", "faiss_available", "import_faiss", "kmeans_plusplus", "lloyd"]
+
+
+def faiss_available() -> bool:
+    return importlib.util.find_spec("faiss") is not None
+
+
+def _openblas_coretype() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return None
+    if "avx512f" in flags:
+        return "SkylakeX"
+    if "avx2" in flags:
+        return "Haswell"
+    return None
+
+
+def import_faiss():
+    """``import faiss`` with the OpenBLAS core type set for its bundled library (see the module docstring)."""
+    if "faiss" in sys.modules:
+        return sys.modules["faiss"]
+    if not faiss_available():
+        raise ConfigError("kmeans: backend='faiss' needs faiss: pip install 'zsclust[scale]' (faiss-cpu), or "
+                          "faiss-gpu on a CUDA machine; or use backend: sklearn.")
+    core = None if "OPENBLAS_CORETYPE" in os.environ else _openblas_coretype()
+    if core:
+        os.environ["OPENBLAS_CORETYPE"] = core
+    try:
+        import faiss
+    finally:
+        if core:
+            os.environ.pop("OPENBLAS_CORETYPE", None)
+    return faiss
+
+
+def _sq_dist_to(X: np.ndarray, x_sq: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """Squared distances (len(C), len(X)) in float32, clipped at 0."""
+    d = C @ X.T
+    d *= -2.0
+    d += x_sq[None, :]
+    d += np.einsum("ij,ij->i", C, C)[:, None]
+    np.maximum(d, 0, out=d)
+    return d
+
+
+def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator, n_local_trials: int | None = None):
+    """Greedy k-means++ centres (scikit-learn's procedure) of ``X`` (float32 products)."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    n = X.shape[0]
+    trials = n_local_trials or 2 + int(math.log(n_clusters))
+    x_sq = np.einsum("ij,ij->i", X, X)
+    centers = np.empty((n_clusters, X.shape[1]), dtype=np.float32)
+    first = rng.integers(n)
+    centers[0] = X[first]
+    closest = _sq_dist_to(X, x_sq, X[first:first + 1])[0].astype(np.float64)
+    pot = closest.sum()
+    for c in range(1, n_clusters):
+        if pot <= 0:  # fewer distinct points than clusters: any point
+            cand = rng.integers(n, size=trials)
+        else:
+            cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * pot)
+            np.clip(cand, None, n - 1, out=cand)
+        d = _sq_dist_to(X, x_sq, X[cand])
+        np.minimum(d, closest[None, :], out=d)
+        pots = d.sum(axis=1, dtype=np.float64)
+        best = int(np.argmin(pots))
+        centers[c] = X[cand[best]]
+        closest = d[best].astype(np.float64)
+        pot = pots[best]
+    return centers
+
+
+class _Assigner:
+    """The two nearest centres of points: a faiss flat L2 index (exact; on the GPU with faiss-gpu)."""
+
+    def __init__(self, faiss, d: int, gpu: bool):
+        self.faiss, self.d, self.gpu = faiss, d, gpu
+        self.res = faiss.StandardGpuResources() if gpu else None
+
+    def top2(self, X: np.ndarray, C: np.ndarray, rows: np.ndarray | None = None):
+        """(nearest centre, distance to it, distance to the second nearest) of ``X[rows]`` (all rows: None)."""
+        index = self.faiss.IndexFlatL2(self.d)
+        if self.gpu:  # pragma: no cover - needs faiss-gpu
+            index = self.faiss.index_cpu_to_gpu(self.res, 0, index)
+        index.add(np.ascontiguousarray(C, dtype=np.float32))
+        n = X.shape[0] if rows is None else rows.size
+        k = min(2, C.shape[0])
+        labels = np.empty(n, dtype=np.int64)
+        d1 = np.empty(n, dtype=np.float64)
+        d2 = np.full(n, np.inf)
+        for start in range(0, n, _ASSIGN_ROWS):
+            part = X[start:start + _ASSIGN_ROWS] if rows is None else X[rows[start:start + _ASSIGN_ROWS]]
+            D, I = index.search(np.ascontiguousarray(part), k)
+            np.maximum(D, 0, out=D)
+            labels[start:start + len(part)] = I[:, 0]
+            d1[start:start + len(part)] = np.sqrt(D[:, 0])
+            if k > 1:
+                d2[start:start + len(part)] = np.sqrt(D[:, 1])
+        return labels, d1, d2
+
+
+def _distance_to(X: np.ndarray, C: np.ndarray, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Distance of each ``X[rows]`` to its centre ``C[labels]`` (float32 ``X`` and ``C``; in blocks)."""
+    out = np.empty(rows.size)
+    for start in range(0, rows.size, _ASSIGN_ROWS):
+        r = rows[start:start + _ASSIGN_ROWS]
+        diff = X[r] - C[labels[start:start + _ASSIGN_ROWS]]
+        out[start:start + r.size] = np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64))
+    return out
+
+
+def _centre_sums(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-centre sums (float64) and counts of the points assigned to each centre."""
+    import scipy.sparse as sp
+
+    sums = np.zeros((k, X.shape[1]), dtype=np.float64)
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    for start in range(0, X.shape[0], _ASSIGN_ROWS):
+        lab = labels[start:start + _ASSIGN_ROWS]
+        M = sp.csr_matrix((np.ones(lab.size, dtype=np.float32), (lab, np.arange(lab.size))), shape=(k, lab.size))
+        sums += M @ X[start:start + _ASSIGN_ROWS]
+    return sums, counts
+
+
+def _move(sums: np.ndarray, counts: np.ndarray, X: np.ndarray, rows: np.ndarray, old: np.ndarray, new: np.ndarray):
+    """Points ``rows`` change centre from ``old`` to ``new``: update the sums and counts in place."""
+    x = X[rows].astype(np.float64)
+    np.subtract.at(sums, old, x)
+    np.add.at(sums, new, x)
+    np.subtract.at(counts, old, 1.0)
+    np.add.at(counts, new, 1.0)
+
+
+_SLACK = 1e-4  # a bound must win by this relative margin: float32 distances are not exact
+
+
+def lloyd(X: np.ndarray, centers: np.ndarray, *, max_iter: int, tol: float, assign: _Assigner, verbose_n: int):
+    """Lloyd's algorithm from ``centers`` with scikit-learn's stopping rule; (centres, labels, inertia, n_iter).
+
+    Each assignment step skips the points that provably keep their centre (Hamerly's bounds: an upper
+    bound on the distance to their own centre, a lower bound on the distance to any other, moved by how
+    far the centres moved): the same assignments as a full search (up to float32 ties), most points
+    skipped once the centres settle.
+    """
+    k = centers.shape[0]
+    tol_abs = float(np.mean(np.var(X, axis=0, dtype=np.float64))) * tol
+    C = np.asarray(centers, dtype=np.float64)
+    labels, upper, lower = assign.top2(X, C)
+    sums, counts = _centre_sums(X, labels, k)  # kept up to date as points move
+    n_iter = 0
+    with bar(max_iter, "k-means (faiss)", verbose_n, unit="iter") as progress:
+        for n_iter in range(1, max_iter + 1):
+            s, c = sums, counts
+            empty = np.flatnonzero(counts == 0)
+            if empty.size:  # scikit-learn: the points farthest from their centres move to the empty clusters
+                s, c = sums.copy(), counts.copy()
+                far = np.argsort(upper)[::-1][:empty.size]
+                _move(s, c, X, far, labels[far], empty)
+            new = s / np.maximum(c, 1.0)[:, None]
+            moved = np.sqrt(((new - C) ** 2).sum(axis=1))
+            shift = float((moved ** 2).sum())
+            C = new
+            C32 = C.astype(np.float32)
+            progress.update(1)
+            # assignment with the new centres: only points whose bounds cross are searched again
+            upper += moved[labels]
+            top = int(np.argmax(moved))
+            second = float(np.partition(moved, -2)[-2]) if k > 1 else 0.0
+            lower -= np.where(labels == top, second, moved[top])
+            check = np.flatnonzero(upper * (1 - _SLACK) >= lower)
+            changed = 0
+            if check.size:
+                upper[check] = _distance_to(X, C32, check, labels[check])
+                search = check[upper[check] * (1 - _SLACK) >= lower[check]]
+                if search.size:
+                    new_labels, upper[search], lower[search] = assign.top2(X, C32, search)
+                    moving = new_labels != labels[search]
+                    changed = int(moving.sum())
+                    if changed:
+                        rows = search[moving]
+                        _move(sums, counts, X, rows, labels[rows], new_labels[moving])
+                        labels[rows] = new_labels[moving]
+            if changed == 0 or shift <= tol_abs:  # strict convergence, or scikit-learn's tolerance
+                break
+    C32 = C.astype(np.float32)
+    d_own = _distance_to(X, C32, np.arange(X.shape[0]), labels)
+    return C32, labels, float((d_own ** 2).sum()), n_iter
+
+
+class KMeansBackendMixin(ExtraParamsMixin):
+    """``backend`` for :class:`~zsclust.cluster.KMeansClusterer` (see the module docstring)."""
+
+    _zs_extra_params = {"backend": "auto"}
+    _parameter_constraints: dict = {**skc.KMeans._parameter_constraints, "backend": [StrOptions(set(BACKENDS))]}
+    _zs_backend_known_answers = ({"kmeans (faiss)": {"n_clusters": 4, "random_state": 0, "backend": "faiss"}}
+                                 if faiss_available() else {})
+
+    def validate_config(self) -> None:
+        super().validate_config()
+        if self.backend == "faiss":
+            if not faiss_available():
+                import_faiss()  # raises the install hint
+            if callable(self.init):
+                raise ConfigError(f"{self._display_name()}: backend='faiss' takes init 'k-means++', 'random' or an "
+                                  "array of centres, not a callable.")
+
+    def _choose_backend(self, n: int, d: int) -> str:
+        from zsclust.cluster._gpu import want_gpu
+
+        if self.backend not in ("auto", "cuml"):
+            return self.backend
+        if want_gpu(self.backend, self._display_name()):
+            return "cuml"
+        return "faiss" if n >= FAISS_FROM and faiss_available() else "sklearn"
+
+    def _backend_fit_memory(self, n: int, d: int, reference) -> tuple[int, str]:
+        backend = self._choose_backend(n, d)
+        if backend == "sklearn":
+            return reference(n, d)
+        k = int(self.get_params().get("n_clusters") or 8)
+        if backend == "faiss":
+            # a float32 copy of X, labels and distances, one float64 block for the means, the centres
+            return (n * d * _F32 + n * 16 + _ASSIGN_ROWS * d * _F64 + 4 * k * d * _F64,
+                    "faiss k-means (linear in N)")
+        return n * d * _F32, "cuML k-means (host copy; GPU memory not counted)"
+
+    def fit(self, X, y=None, **fit_params):
+        """Check parameters, input and memory, then fit by the chosen backend. Returns self."""
+        X = self._prepare_fit(X)
+        backend = self._choose_backend(*X.shape)
+        if backend == "sklearn":
+            type(self).algorithm().fit(self, X, y, **fit_params)
+        elif fit_params.get("sample_weight") is not None:
+            raise ConfigError(f"{self._display_name()}: backend={backend!r} does not take sample_weight; use "
+                              "backend: sklearn.")
+        elif backend == "faiss":
+            self._fit_faiss(X)
+        else:
+            self._fit_cuml(X)
+        self.backend_ = backend
+        return self
+
+    def _set_fitted(self, X, centers, labels, inertia, n_iter) -> None:
+        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+        self.cluster_centers_ = np.asarray(centers, dtype=X.dtype if X.dtype in (np.float32, np.float64) else np.float64)
+        self.labels_ = np.asarray(labels, dtype=np.int32)
+        self.inertia_ = float(inertia)
+        self.n_iter_ = int(n_iter)
+        self.n_features_in_ = X.shape[1]
+        self._n_features_out = self.cluster_centers_.shape[0]
+        self._n_threads = _openmp_effective_n_threads()
+
+    def _fit_faiss(self, X: np.ndarray) -> None:
+        faiss = import_faiss()
+        Xf = np.ascontiguousarray(X, dtype=np.float32)
+        n, d = Xf.shape
+        k = int(self.n_clusters)
+        rng = np.random.default_rng(check_random_state(self.random_state).randint(2**31 - 1))
+        gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+        assign = _Assigner(faiss, d, gpu)
+        n_init = 1 if isinstance(self.init, np.ndarray) or hasattr(self.init, "__array__") else \
+            (self.n_init if isinstance(self.n_init, int) else 1)
+        best = None
+        with stage(f"k-means (faiss{', GPU' if gpu else ''}): {n:,} x {d}, K={k}, {n_init} start(s)", n):
+            for _ in range(n_init):
+                if isinstance(self.init, str) and self.init == "k-means++":
+                    m = min(n, INIT_SAMPLE_PER_CLUSTER * k)
+                    sample = Xf if m == n else Xf[np.sort(rng.choice(n, m, replace=False))]
+                    start = kmeans_plusplus(sample, k, rng)
+                elif isinstance(self.init, str):  # random
+                    start = Xf[rng.choice(n, k, replace=False)]
+                else:
+                    start = np.asarray(self.init, dtype=np.float32)
+                    if start.shape != (k, d):
+                        raise ConfigError(f"{self._display_name()}: init has shape {start.shape}, expected ({k}, {d}).")
+                fitted = lloyd(Xf, start, max_iter=int(self.max_iter), tol=float(self.tol), assign=assign,
+                               verbose_n=n)
+                if best is None or fitted[2] < best[2]:
+                    best = fitted
+        self._set_fitted(X, *best)
+
+    def _fit_cuml(self, X: np.ndarray) -> None:  # pragma: no cover - needs a GPU
+        from cuml.cluster import KMeans
+
+        from zsclust.cluster._gpu import to_numpy
+
+        init = "scalable-k-means++" if self.init == "k-means++" else self.init
+        model = KMeans(n_clusters=int(self.n_clusters), init=init, n_init=self.n_init if isinstance(self.n_init, int)
+                       else 1, max_iter=int(self.max_iter), tol=float(self.tol),
+                       random_state=check_random_state(self.random_state).randint(2**31 - 1))
+        with stage(f"k-means (cuML): {X.shape[0]:,} x {X.shape[1]}, K={self.n_clusters}", X.shape[0]):
+            model.fit(np.asarray(X, dtype=np.float32))
+        self._set_fitted(X, to_numpy(model.cluster_centers_), to_numpy(model.labels_), model.inertia_, model.n_iter_)

@@ -1,0 +1,87 @@
+"""GPU clustering through RAPIDS cuML: one import check, one setting.
+
+The ``cuml`` backends (UMAP, HDBSCAN, K-Means, the neighbour graph) run only when cuML is installed
+(``pip install zsclust[gpu]``, which names ``cuml-cu12``) and a CUDA device is present. ``backend: auto``
+picks them then, unless ``ZSCLUST_GPU=off``; ``ZSCLUST_GPU=on`` makes a missing GPU an error instead
+of a silent CPU run. Asking for ``backend: cuml`` without cuML is a ConfigError that says what to install.
+
+cuML is imported only when a GPU backend is asked for or ``auto`` looks for one, never by
+``import zsclust``. These paths are written against cuML's documented API (25.x) and are
+unmeasured here: the development machine has no GPU (see docs/scale.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from zsclust.errors import ConfigError
+
+ENV_GPU = "ZSCLUST_GPU"
+INSTALL_HINT = ("install RAPIDS cuML for your CUDA version (pip install 'zsclust[gpu]', or cuml-cu11 for CUDA 11) "
+                "on a machine with an NVIDIA GPU")
+
+
+def gpu_setting() -> str:
+    """``auto`` (default), ``on`` or ``off`` from ``ZSCLUST_GPU``."""
+    raw = os.environ.get(ENV_GPU, "auto").strip().lower() or "auto"
+    aliases = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off", "cpu": "off"}
+    value = aliases.get(raw, raw)
+    if value not in ("auto", "on", "off"):
+        raise ConfigError(f"{ENV_GPU}={raw!r} must be auto, on or off.")
+    return value
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> tuple[bool, str]:
+    try:
+        import cuml  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - any failure to load cuML means: no GPU backend
+        return False, f"cuML is not importable ({type(err).__name__}: {err})"
+    try:
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # noqa: BLE001
+        return False, f"no CUDA device ({type(err).__name__}: {err})"
+    return (count > 0), ("a CUDA device" if count else "no CUDA device")
+
+
+def gpu_available() -> bool:
+    """cuML importable and a CUDA device present (checked once per process)."""
+    return _probe()[0]
+
+
+def want_gpu(backend: str, owner: str) -> bool:
+    """Whether a ``backend`` parameter (``auto``, ``cuml`` or a CPU name) means the GPU here."""
+    setting = gpu_setting()
+    if backend == "cuml":
+        require_gpu(owner)
+        return True
+    if backend != "auto" or setting == "off":
+        return False
+    if setting == "on":
+        require_gpu(owner)
+        return True
+    return gpu_available()
+
+
+def require_gpu(owner: str) -> None:
+    ok, why = _probe()
+    if not ok:
+        raise ConfigError(f"{owner}: the cuml backend needs cuML and a CUDA GPU, but {why}. Either {INSTALL_HINT}, "
+                          f"or choose a CPU backend (backend: auto with {ENV_GPU}=off).")
+
+
+def to_numpy(array):
+    """A cuML/CuPy result as a NumPy array."""
+    if hasattr(array, "to_numpy"):
+        return array.to_numpy()
+    if hasattr(array, "get"):
+        return array.get()
+    import numpy as np
+
+    return np.asarray(array)
+
+
+__all__ = ["ENV_GPU", "gpu_available", "gpu_setting", "require_gpu", "to_numpy", "want_gpu"]
