@@ -40,7 +40,12 @@ def grid(tmp_path_factory, tiny_weights):
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "zsclust"
-    shim.write_text(f"#!/bin/sh\nexport PYTHONPATH={REPO}\nexec {sys.executable} -m zsclust \"$@\"\n")
+    shim.write_text(f"#!/bin/sh\nexport PYTHONPATH={REPO}:{bin_dir}\nexec {sys.executable} -m zsclust \"$@\"\n")
+    # A clusterer that takes its time, so a cancel lands mid-sweep on any machine (imported by path).
+    (bin_dir / "slowfit.py").write_text(
+        "import time\nfrom sklearn.cluster import KMeans\n\n"
+        "class SlowKMeans(KMeans):\n    def fit(self, X, y=None, sample_weight=None):\n"
+        "        time.sleep(20)\n        return super().fit(X, y, sample_weight)\n")
     shim.chmod(0o755)
     config = tmp / "sweep.yaml"
     config.write_text(f"""
@@ -101,19 +106,25 @@ def test_embed_script_then_sweep_script_cancelled_and_resubmitted(slurm_cluster,
     assert manifest["num_embedded"] == 24 and manifest["dataset"]["name"] == "toyA"
 
     first_out, second_out = tmp / "sweep-1.out", tmp / "sweep-2.out"
-    job = slurm_cluster.sbatch(LAUNCH / "slurm_sweep.sbatch", grid["config"],
+    # The grid plus one slow job per cell (it sleeps 20 s): the first cell's quick jobs finish, then the
+    # cancel lands while the slow one runs, however fast the machine.
+    config = tmp / "sweep-slow.yaml"
+    config.write_text(grid["config"].read_text()
+                      + "jobs: {slow: {clusterer: {name: slowfit.SlowKMeans, n_clusters: 3, n_init: 1}}}\n")
+    n_jobs = 2 * (len(CLUSTERERS) + 1)
+    job = slurm_cluster.sbatch(LAUNCH / "slurm_sweep.sbatch", config,
                                options=(*CPU, *tasks, f"--output={first_out}"), env=env, cwd=tmp)
     slurm_cluster.wait(job, timeout=300, until=lambda: _finished_jobs(db) >= 1 or not slurm_cluster.states(job))
     slurm_cluster.cancel(job)
     slurm_cluster.wait(job, timeout=120)
     done_before = _finished_jobs(db)
-    assert 1 <= done_before < 6, f"the sweep finished before it could be cancelled:\n{first_out.read_text()}"
+    assert 1 <= done_before < n_jobs, f"the sweep finished before it could be cancelled:\n{first_out.read_text()}"
 
-    job = slurm_cluster.sbatch(LAUNCH / "slurm_sweep.sbatch", grid["config"],
+    job = slurm_cluster.sbatch(LAUNCH / "slurm_sweep.sbatch", config,
                                options=(*CPU, *tasks, f"--output={second_out}"), env=env, cwd=tmp)
     slurm_cluster.wait(job, timeout=300)
     log = second_out.read_text()
-    summary = f"Sweep 'slurm-grid': 6 jobs: {6 - done_before} ran, {done_before} skipped (finished before), 0 failed"
+    summary = f"Sweep 'slurm-grid': {n_jobs} jobs: {n_jobs - done_before} ran, {done_before} skipped (finished before), 0 failed"
     assert log.count(summary) == 1, log  # one process clustered: task 0
     assert "zsclust: process 1 of 2 (SLURM): helping embed" in log, log
     assert "MEMBER: 2/2" in log, log
@@ -121,9 +132,9 @@ def test_embed_script_then_sweep_script_cancelled_and_resubmitted(slurm_cluster,
     runs = _job_runs(f"sqlite:///{db}", "slurm-grid")
     finished = [r for r in runs if r.info.status == "FINISHED"]
     keys = [r.data.tags["zsclust.job"] for r in finished]
-    assert len(finished) == 6 and len(set(keys)) == 6  # every job of the grid, once
+    assert len(finished) == n_jobs and len(set(keys)) == n_jobs  # every job of the grid, once
     assert {(r.data.tags["dataset"], r.data.params["job"]) for r in finished} == {
-        (d, c) for d in ("toyA", "toyB") for c in CLUSTERERS}
+        (d, c) for d in ("toyA", "toyB") for c in (*CLUSTERERS, "slow")}
     assert not [r for r in runs if r.info.status == "RUNNING"]  # the cancelled task's leftovers were closed
     # Every run was written by one process per submission: task 0's (the helper wrote none).
     assert len({r.data.tags["zsclust.pid"] for r in finished}) <= 2

@@ -186,21 +186,15 @@ class AgglomerativeClusterer(LinkageBackendMixin, GuardedClusterMixin, skc.Agglo
     guard accounts for; single linkage with a fast metric needs only linear memory.
     """
 
-    _parameter_constraints: dict = {**skc.AgglomerativeClustering._parameter_constraints, "normalize": ["boolean"]}
+    _zs_extra_params = {**LinkageBackendMixin._zs_extra_params, "normalize": False}
+    _parameter_constraints: dict = {**LinkageBackendMixin._parameter_constraints, "normalize": ["boolean"]}
 
-    def __init__(self, n_clusters=2, *, metric="euclidean", memory=None, connectivity=None, compute_full_tree="auto",
-                 linkage="ward", distance_threshold=None, compute_distances=False, normalize=False):
-        super().__init__(n_clusters=n_clusters, metric=metric, memory=memory, connectivity=connectivity,
-                         compute_full_tree=compute_full_tree, linkage=linkage, distance_threshold=distance_threshold,
-                         compute_distances=compute_distances)
-        self.normalize = normalize
-
-    def fit(self, X, y=None):
-        """Check, scale the features when ``normalize`` is set with a threshold, then cluster. Returns self."""
-        X = self._prepare_fit(X)
+    def _prepare_fit(self, X) -> np.ndarray:
+        """The checks every clusterer runs, then the study's scaling when ``normalize`` is set with a threshold."""
+        X = super()._prepare_fit(X)
         if self.normalize and self.distance_threshold is not None:
             X = threshold_scale(X, self.metric)
-        return skc.AgglomerativeClustering.fit(self, X, y)
+        return X
 
     def fit_memory(self, n: int, d: int) -> tuple[int, str]:
         from sklearn.metrics._dist_metrics import METRIC_MAPPING64
@@ -320,14 +314,14 @@ class HDBSCANClusterer(HDBSCANBackendMixin, GuardedClusterMixin, skc.HDBSCAN):
                              Interval(Real, 0, 1, closed="right")],
     }
 
-    def fit(self, X, y=None):
-        """Check, resolve a fractional ``max_cluster_size`` against N, then cluster. Returns self."""
-        X = self._prepare_fit(X)
+    def fit(self, X, y=None, **fit_params):
+        """Resolve a fractional ``max_cluster_size`` against N, then check and cluster (on the backend's
+        path). Returns self."""
         given = self.max_cluster_size
         if isinstance(given, float):
-            self.max_cluster_size = max(2, int(round(given * X.shape[0])))
+            self.max_cluster_size = max(2, int(round(given * np.shape(X)[0])))
         try:
-            return skc.HDBSCAN.fit(self, X, y)
+            return super().fit(X, y, **fit_params)
         finally:
             self.max_cluster_size = given
 
