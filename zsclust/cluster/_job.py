@@ -69,6 +69,7 @@ class JobData:
     fingerprint: str
     labels: np.ndarray | None = None
     n_classes: int | None = None
+    taxonomy: dict[str, np.ndarray] | None = None  # coarser levels of the labels: ``ami_<level>`` (see _taxonomy)
 
     @classmethod
     def from_embeddings(cls, emb, *, read_labels: bool = True, n_classes: int | None = None) -> "JobData":
@@ -79,9 +80,15 @@ class JobData:
         labels = np.asarray(emb.labels) if read_labels else None
         if n_classes is None and labels is not None:
             n_classes = count_classes(labels)
+        from ._taxonomy import taxonomy
+
+        classes = emb.meta.get("dataset", {}).get("classes") or []
         if n_classes is None and not read_labels:
-            n_classes = len(emb.meta.get("dataset", {}).get("classes") or []) or None
-        return cls(X, emb.fingerprint, labels, n_classes)
+            n_classes = len(classes) or None
+        levels = taxonomy(classes) if labels is not None else None
+        if levels is not None and labels.size and labels.max() >= len(classes):
+            levels = None  # labels beyond the class list: the names do not describe them
+        return cls(X, emb.fingerprint, labels, n_classes, levels)
 
 
 @dataclass
@@ -239,6 +246,10 @@ def score(data: JobData, pred: np.ndarray, Xr: np.ndarray, scoring: Scoring, *, 
         y = np.asarray(data.labels)
         keep = y >= 0
         m.update(score_labels(y[keep], pred[keep]))
+        if data.taxonomy:
+            from ._taxonomy import taxonomic_ami
+
+            m.update(taxonomic_ami(y[keep], pred[keep], data.taxonomy))
     else:
         m["n_clusters"] = float(np.unique(pred[pred >= 0]).size)
         m["noise_fraction"] = float((pred < 0).mean())

@@ -127,7 +127,7 @@ def plot_deltas(deltas, groups: list[str], path: Path) -> Path:
         axes[-1, c].set_xlabel("AMI − supervised AMI (percentage points)", fontsize=8)
     fig.suptitle("AMI (mean over clusterers) against the supervised encoder\nof the same architecture", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.98, 1))
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -152,7 +152,7 @@ def plot_ranks(rankings: dict, path: Path) -> Path:
         ax.set_xlabel("rank (1 = best), mean ± std", fontsize=8)
         ax.set_title(f"{title} ({ranking.samples} sample{'' if ranking.samples == 1 else 's'})", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -171,6 +171,24 @@ def plot_knn_spearman(matrix: np.ndarray, methods: list[str], ks: list[int], cou
     fig.colorbar(im, ax=ax, label="Spearman ρ")
     ax.set_title("kNN accuracy vs AMI over encoder × dataset cells", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_taxonomic_levels(values: np.ndarray, encoders: list[str], levels: list[str], path: Path, title: str) -> Path:
+    """AMI per taxonomic level, one line per encoder, from the coarsest level to the classes themselves."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(levels) + 2.5), 4.2))
+    x = np.arange(len(levels))
+    cmap = plt.get_cmap("tab20" if len(encoders) > 10 else "tab10")
+    for i, encoder in enumerate(encoders):
+        ax.plot(x, values[i], marker="o", lw=1.5, ms=4, color=cmap(i % cmap.N), label=encoder)
+    ax.set_xticks(x, levels, fontsize=8)
+    ax.set_ylabel("AMI (mean over clusterers)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path

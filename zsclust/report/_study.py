@@ -15,7 +15,8 @@ import numpy as np
 from ._analyses import (ALL_GROUPS, MEAN_OF_CLUSTERERS, Cube, clusterer_mean, clusterer_ranking, deltas_vs_supervised,
                         encoder_ranking, is_clip, is_random_init, knn_vs_clusterers, supervised_references)
 from ._collect import KnnRow, ResultRow, group_rank
-from ._figures import plot_deltas, plot_heatmap, plot_knn_spearman, plot_ranks
+from ._figures import plot_deltas, plot_heatmap, plot_knn_spearman, plot_ranks, plot_taxonomic_levels
+from ..cluster._taxonomy import INAT_LEVELS
 from ._tables import Table, matrix_table
 
 P_FORMATS = {"p": ".2g", "p (Holm)": ".2g", "W": ".1f", "t": ".2f"}
@@ -150,7 +151,46 @@ def study_sections(out: Path, by_method: Mapping[str, list[ResultRow]], encoders
                                  "no figure")
     elif by_method:
         res.notes.append("no kNN probe runs (sweep.knn: true in the sweep config, or zsclust knn): no kNN vs AMI")
+
+    # -- AMI per taxonomic level --------------------------------------------------------------------
+    if metric == "ami" and main:
+        res.sections += _taxonomic_sections(out, by_method, main, datasets, groups, mean_all, write_table, res)
     return res
+
+
+def _taxonomic_sections(out: Path, by_method, encoders: list[str], datasets: list[str], groups: dict[str, str],
+                        mean_all: np.ndarray, write_table, res: StudyOutput) -> list[str]:
+    """For each dataset whose runs carry ``ami_<level>`` (class names with a lineage, e.g. iNat-2021): the mean
+    over clusterers at every level, coarsest first, the classes themselves last."""
+    sections = []
+    for j, dataset in enumerate(datasets):
+        levels = list(dict.fromkeys(k[4:] for rows in by_method.values() for r in rows if r.dataset == dataset
+                                    for k in r.metrics if k.startswith("ami_") and k[4:] in _LEVEL_ORDER))
+        levels.sort(key=_LEVEL_ORDER.index)
+        if not levels:
+            continue
+        columns = np.stack([clusterer_mean(Cube.from_rows(by_method, encoders, datasets, groups, f"ami_{lv}"))[0][:, j]
+                            for lv in levels] + [mean_all[:, j]], axis=1)
+        names = [*levels, "classes"]
+        keep = [i for i in range(len(encoders)) if np.isfinite(columns[i]).any()]
+        if not keep:
+            continue
+        rows = [(encoders[i], [None if np.isnan(v) else float(v) for v in columns[i]]) for i in keep]
+        table = Table(f"AMI per taxonomic level on {dataset}: mean over the clusterers", "encoder", names, rows)
+        if not sections:
+            sections += ["## AMI per taxonomic level", "",
+                         "The same predicted clusters scored against the true labels at each coarser level of their "
+                         "lineage (read from the class names), as the study does for iNaturalist-2021; each cell is "
+                         "the mean over the clusterers, CLIP apart.", ""]
+        sections.append(write_table(f"taxonomic_ami_{dataset}", table))
+        png = plot_taxonomic_levels(columns[keep], [encoders[i] for i in keep], names,
+                                    out / f"taxonomic_ami_{dataset}.png", f"{dataset}: AMI per taxonomic level")
+        res.files.append(png)
+        sections += [f"![AMI per taxonomic level on {dataset}]({png.name})", ""]
+    return sections
+
+
+_LEVEL_ORDER = [*INAT_LEVELS, *(f"level{i}" for i in range(1, 33))]
 
 
 def _fewer(used: Mapping[str, list[str]], methods: list[str]) -> str:
