@@ -464,3 +464,62 @@ def test_asking_for_the_gpu_without_one_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("ZSCLUST_GPU", "sometimes")
     with pytest.raises(ConfigError, match="ZSCLUST_GPU"):
         create_clusterer("hdbscan").fit(np.random.default_rng(0).normal(size=(50, 2)))
+
+
+# -- backend choices that must not pick a path that then fails ---------------------------------------
+
+
+def test_a_misspelt_backend_is_refused_for_every_clusterer():
+    X, _ = cloud(n=200, d=4, seed=1)
+    for name, params in (("hdbscan", {}), ("kmeans", {"n_clusters": 3}), ("agglomerative", {"n_clusters": 3})):
+        with pytest.raises(ConfigError, match="backend"):
+            create_clusterer(name, backend="sklean", **params).fit(X)
+
+
+@needs_fastcluster
+def test_agglomerative_auto_without_a_budget_takes_the_linear_path_at_large_n(monkeypatch):
+    from zsclust.cluster._linkage import LINEAR_WITHOUT_BUDGET_FROM
+
+    monkeypatch.setenv("ZSCLUST_MEMORY_LIMIT", "off")
+    est = create_clusterer("agglomerative", n_clusters=10)
+    assert est._choose_backend(LINEAR_WITHOUT_BUDGET_FROM, 50) == "fastcluster"
+    assert est._choose_backend(LINEAR_WITHOUT_BUDGET_FROM - 1, 50) == "sklearn"
+    assert create_clusterer("agglomerative", n_clusters=10, linkage="average")._choose_backend(10**6, 50) == "sklearn"
+
+
+@needs_faiss
+def test_kmeans_auto_keeps_scikit_learn_for_what_only_it_takes(monkeypatch):
+    """From FAISS_FROM points auto picks faiss, except with sample weights or a callable init."""
+    from zsclust.cluster import _faiss
+
+    monkeypatch.setattr(_faiss, "FAISS_FROM", 100)
+    X, _ = make_blobs(n_samples=400, centers=4, n_features=6, random_state=0)
+    assert create_clusterer("kmeans", n_clusters=4, random_state=0).fit(X).backend_ == "faiss"
+    weighted = create_clusterer("kmeans", n_clusters=4, random_state=0).fit(X, sample_weight=np.ones(len(X)))
+    assert weighted.backend_ == "sklearn"
+
+    def first_rows(X, k, random_state):
+        return X[:k]
+
+    assert create_clusterer("kmeans", n_clusters=4, init=first_rows, n_init=1).fit(X).backend_ == "sklearn"
+    with pytest.raises(ConfigError, match="not a callable"):
+        create_clusterer("kmeans", n_clusters=4, init=first_rows, n_init=1, backend="faiss").fit(X)
+
+
+def test_umap_metrics_the_shared_graph_does_not_cover_search_their_own(tmp_path):
+    """hellinger exists only in umap-learn: no shared graph is asked for, and the fit runs as umap-learn's."""
+    X = np.abs(np.random.default_rng(0).normal(size=(300, 8))).astype(np.float32)
+    cache = ReductionCache(tmp_path)
+    node = {"name": "umap", "n_components": 2, "n_neighbors": 10, "metric": "hellinger", "n_epochs": 20}
+    assert cache.graph_request(node, X, seed=0) is None
+    assert cache.graph_request({**node, "metric": "cosine"}, X, seed=0)["metric"] == "cosine"
+    Z, hit = cache.get_or_fit(node, X, embedding_fingerprint="hellinger", seed=0)
+    assert Z.shape == (300, 2) and not hit and np.isfinite(Z).all()
+
+
+def test_a_numpy_float_max_cluster_size_is_a_fraction():
+    X, _ = make_blobs(n_samples=300, centers=[[0, 0], [0.3, 0]], cluster_std=0.2, random_state=0)
+    as_float = create_clusterer("hdbscan", min_cluster_size=5, max_cluster_size=0.2).fit(X)
+    as_numpy = create_clusterer("hdbscan", min_cluster_size=5, max_cluster_size=np.float32(0.2)).fit(X)
+    assert np.array_equal(as_float.labels_, as_numpy.labels_)
+    assert as_numpy.max_cluster_size == np.float32(0.2)  # restored after the fit

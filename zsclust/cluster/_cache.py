@@ -42,7 +42,7 @@ import numpy as np
 
 from zsclust._atomic import atomic_save_npy, atomic_write_json
 from zsclust._locks import FileLock
-from zsclust.cluster._knn_graph import KnnGraphStore, resolve_method
+from zsclust.cluster._knn_graph import SHARED_METRICS, KnnGraphStore, resolve_method
 from zsclust.cluster._probe import check_probe, probe
 from zsclust.cluster._reducers import UMAPReducer, create_reducer, reducer_key
 from zsclust.errors import ConfigError, InvalidDataError
@@ -83,12 +83,12 @@ class ReductionCache:
         """The shared graph a reduction of ``X`` would use (``n_neighbors``, ``metric``, ``method``, ``seed``), or None.
 
         Only a single UMAP step on the embeddings themselves shares one (a UMAP after PCA sees other data),
-        and not one that fits on a subsample.
+        with a metric of :data:`~zsclust.cluster._knn_graph.SHARED_METRICS`, and not one that fits on a subsample.
         """
         if not self.share_knn or getattr(X, "ndim", 0) != 2:
             return None
         reducer = create_reducer(reducer_spec, random_state=int(seed))
-        if not isinstance(reducer, UMAPReducer) or not isinstance(reducer.metric, str):
+        if not isinstance(reducer, UMAPReducer) or reducer.metric not in SHARED_METRICS:
             return None
         n, d = X.shape
         if reducer.n_neighbors >= n or (reducer.fit_subsample is not None and n > reducer.fit_subsample):

@@ -32,7 +32,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy as np
 import sklearn.cluster as skc
@@ -309,7 +309,7 @@ class HDBSCANClusterer(HDBSCANBackendMixin, GuardedClusterMixin, skc.HDBSCAN):
     """
 
     _parameter_constraints: dict = {
-        **skc.HDBSCAN._parameter_constraints,
+        **HDBSCANBackendMixin._parameter_constraints,  # scikit-learn's, plus ``backend``
         "max_cluster_size": [*skc.HDBSCAN._parameter_constraints["max_cluster_size"],
                              Interval(Real, 0, 1, closed="right")],
     }
@@ -318,8 +318,8 @@ class HDBSCANClusterer(HDBSCANBackendMixin, GuardedClusterMixin, skc.HDBSCAN):
         """Resolve a fractional ``max_cluster_size`` against N, then check and cluster (on the backend's
         path). Returns self."""
         given = self.max_cluster_size
-        if isinstance(given, float):
-            self.max_cluster_size = max(2, int(round(given * np.shape(X)[0])))
+        if isinstance(given, Real) and not isinstance(given, Integral):  # a fraction (np.float32 included)
+            self.max_cluster_size = max(2, int(round(float(given) * np.shape(X)[0])))
         try:
             return super().fit(X, y, **fit_params)
         finally:

@@ -187,6 +187,14 @@ def _move(sums: np.ndarray, counts: np.ndarray, X: np.ndarray, rows: np.ndarray,
 _SLACK = 1e-4  # a bound must win by this relative margin: float32 distances are not exact
 
 
+def _mean_variance(X: np.ndarray) -> float:
+    """``np.mean(np.var(X, axis=0))`` in float64, in blocks: no N x D float64 temporary (6 GiB at 1M x 768)."""
+    blocks = range(0, X.shape[0], _ASSIGN_ROWS)
+    mean = sum(X[i:i + _ASSIGN_ROWS].sum(axis=0, dtype=np.float64) for i in blocks) / X.shape[0]
+    sq = sum(((X[i:i + _ASSIGN_ROWS] - mean) ** 2).sum(axis=0) for i in blocks)
+    return float(np.mean(sq / X.shape[0]))
+
+
 def lloyd(X: np.ndarray, centers: np.ndarray, *, max_iter: int, tol: float, assign: _Assigner, verbose_n: int):
     """Lloyd's algorithm from ``centers`` with scikit-learn's stopping rule; (centres, labels, inertia, n_iter).
 
@@ -196,8 +204,13 @@ def lloyd(X: np.ndarray, centers: np.ndarray, *, max_iter: int, tol: float, assi
     skipped once the centres settle.
     """
     k = centers.shape[0]
-    tol_abs = float(np.mean(np.var(X, axis=0, dtype=np.float64))) * tol
+    tol_abs = _mean_variance(X) * tol
     C = np.asarray(centers, dtype=np.float64)
+    # faiss's float32 distances (|x|^2 + |c|^2 - 2 x.c) may be off by about eps * (|x|^2 + |c|^2) squared:
+    # a bound must clear that margin (and a relative one) before a point is skipped
+    norm2 = max(float(np.einsum("ij,ij->i", X[i:i + _ASSIGN_ROWS], X[i:i + _ASSIGN_ROWS], dtype=np.float64).max())
+                for i in range(0, X.shape[0], _ASSIGN_ROWS))
+    margin = float(np.sqrt(16 * np.finfo(np.float32).eps * max(norm2, float((C ** 2).sum(axis=1).max()))))
     labels, upper, lower = assign.top2(X, C)
     sums, counts = _centre_sums(X, labels, k)  # kept up to date as points move
     n_iter = 0
@@ -220,11 +233,11 @@ def lloyd(X: np.ndarray, centers: np.ndarray, *, max_iter: int, tol: float, assi
             top = int(np.argmax(moved))
             second = float(np.partition(moved, -2)[-2]) if k > 1 else 0.0
             lower -= np.where(labels == top, second, moved[top])
-            check = np.flatnonzero(upper * (1 - _SLACK) >= lower)
+            check = np.flatnonzero(upper >= lower * (1 - _SLACK) - margin)
             changed = 0
             if check.size:
                 upper[check] = _distance_to(X, C32, check, labels[check])
-                search = check[upper[check] * (1 - _SLACK) >= lower[check]]
+                search = check[upper[check] >= lower[check] * (1 - _SLACK) - margin]
                 if search.size:
                     new_labels, upper[search], lower[search] = assign.top2(X, C32, search)
                     moving = new_labels != labels[search]
@@ -262,6 +275,8 @@ class KMeansBackendMixin(ExtraParamsMixin):
 
         if self.backend not in ("auto", "cuml"):
             return self.backend
+        if self.backend == "auto" and callable(self.init):  # a callable start: scikit-learn alone calls it
+            return "sklearn"
         if want_gpu(self.backend, self._display_name()):
             return "cuml"
         return "faiss" if n >= FAISS_FROM and faiss_available() else "sklearn"
@@ -280,16 +295,19 @@ class KMeansBackendMixin(ExtraParamsMixin):
     def fit(self, X, y=None, **fit_params):
         """Check parameters, input and memory, then fit by the chosen backend. Returns self."""
         X = self._prepare_fit(X)
-        backend = self._choose_backend(*X.shape)
+        weighted = fit_params.get("sample_weight") is not None
+        backend = "sklearn" if weighted and self.backend == "auto" else self._choose_backend(*X.shape)
         if backend == "sklearn":
             type(self).algorithm().fit(self, X, y, **fit_params)
-        elif fit_params.get("sample_weight") is not None:
+        elif weighted:
             raise ConfigError(f"{self._display_name()}: backend={backend!r} does not take sample_weight; use "
                               "backend: sklearn.")
         elif backend == "faiss":
             self._fit_faiss(X)
-        else:
+        elif backend == "cuml":
             self._fit_cuml(X)
+        else:  # pragma: no cover - the parameter constraints refuse other values first
+            raise ConfigError(f"{self._display_name()}: unknown backend {backend!r}; choose from {', '.join(BACKENDS)}.")
         self.backend_ = backend
         return self
 

@@ -174,9 +174,13 @@ class HDBSCANBackendMixin(ExtraParamsMixin):
 
         if self.backend not in ("auto", "cuml"):
             return self.backend
-        if want_gpu(self.backend, self._display_name()):
+        # auto leaves to the CPU what cuML's HDBSCAN does not compute (another metric, metric_params)
+        if (self.backend == "cuml" or self._cuml_possible()) and want_gpu(self.backend, self._display_name()):
             return "cuml"
         return "numba" if self._numba_possible() and n >= NUMBA_FROM else "sklearn"
+
+    def _cuml_possible(self) -> bool:
+        return self.metric in ("euclidean", "l2") and not self.metric_params
 
     def _backend_fit_memory(self, n: int, d: int, reference) -> tuple[int, str]:
         backend = self._choose_backend(n, d)
@@ -197,8 +201,10 @@ class HDBSCANBackendMixin(ExtraParamsMixin):
             type(self).algorithm().fit(self, X, y, **fit_params)
         elif backend == "numba":
             self._fit_numba(X)
-        else:
+        elif backend == "cuml":
             self._fit_cuml(X)
+        else:  # pragma: no cover - the parameter constraints refuse other values first
+            raise ConfigError(f"{self._display_name()}: unknown backend {backend!r}; choose from {', '.join(BACKENDS)}.")
         self.backend_ = backend
         return self
 

@@ -55,6 +55,9 @@ _CANDIDATE_MARGIN = 16  # extra candidates per row from the float32 product, re-
 _BLOCK_BYTES = 256 * 2**20  # one block of the distance matrix
 _ANGULAR = ("cosine", "correlation", "dice", "jaccard", "ll_dirichlet", "hellinger")
 _GEMM_METRICS = {"euclidean": "euclidean", "l2": "euclidean", "cosine": "cosine", "correlation": "correlation"}
+SHARED_METRICS = frozenset({*_GEMM_METRICS, "manhattan", "l1", "cityblock"})
+"""Metrics a shared graph is built for (exact and NNDescent agree on them); UMAP with any other metric
+(umap-only ones such as ``hellinger``, or ``precomputed``) searches its own neighbours, as umap-learn does."""
 
 __all__ = ["EXACT_MAX_WORK", "KnnGraph", "KnnGraphStore", "compute_knn_graph", "exact_knn", "resolve_method"]
 

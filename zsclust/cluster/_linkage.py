@@ -145,6 +145,10 @@ def knn_connectivity(X: np.ndarray, n_neighbors: int, metric: str):
     return A.tocsr()
 
 
+LINEAR_WITHOUT_BUDGET_FROM = 20_000
+"""With no memory budget known, ``auto`` takes the linear-memory path from this many points (3 GiB of N² distances)."""
+
+
 class LinkageBackendMixin(ExtraParamsMixin):
     """``backend`` and ``knn_neighbors`` for :class:`~zsclust.cluster.AgglomerativeClusterer` (see the module)."""
 
@@ -216,9 +220,10 @@ class LinkageBackendMixin(ExtraParamsMixin):
         from zsclust.cluster._memory import memory_budget
 
         budget = memory_budget().bytes
+        if budget is None:  # no budget to compare with (guard off): the linear path where the N^2 one gets large
+            return "fastcluster" if n >= LINEAR_WITHOUT_BUDGET_FROM else "sklearn"
         reference = reference or self._zs_reference_fit_memory
-        need = reference(n, d)[0]
-        return "sklearn" if budget is None or need <= budget else "fastcluster"
+        return "sklearn" if reference(n, d)[0] <= budget else "fastcluster"
 
     def _backend_fit_memory(self, n: int, d: int, reference) -> tuple[int, str]:
         backend = self._choose_backend(n, d, reference)
