@@ -36,15 +36,16 @@ class ExtraParamsMixin:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        extra = {}
+        for k in reversed(cls.__mro__):
+            extra.update(vars(k).get("_zs_extra_params", {}))
+        cls._zs_extra_params = extra  # every class's extras, its bases' included: what __init__ pops
         if "__init__" in vars(cls):
             return
         owner = next((k for k in cls.__mro__[1:] if "__init__" in vars(k) and not issubclass(k, ExtraParamsMixin)),
                      object)
         if owner is object:  # a mixin on its own: nothing to wrap yet
             return
-        extra = {}
-        for k in reversed(cls.__mro__):
-            extra.update(vars(k).get("_zs_extra_params", {}))
         base = inspect.signature(owner.__init__)
         positional = [p.name for p in base.parameters.values()
                       if p.name != "self" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]

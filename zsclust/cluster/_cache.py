@@ -58,7 +58,6 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
-_probe = probe  # the name this module has always used
 
 
 class ReductionCache:
@@ -122,10 +121,18 @@ class ReductionCache:
             "seed": int(seed),
         }
 
-    def key(self, reducer_spec, *, embedding_fingerprint: str, seed: int) -> str:
-        """The cache key (hex sha256) of a reduction."""
+    def key(self, reducer_spec, X=None, *, embedding_fingerprint: str, seed: int) -> str:
+        """The cache key (hex sha256) of a reduction. Give ``X`` for the key :meth:`get_or_fit` uses: a UMAP
+        that shares the neighbour graph names the graph in its key."""
+        return self._keyed(reducer_spec, X, embedding_fingerprint, seed)[0]
+
+    def _keyed(self, reducer_spec, X, embedding_fingerprint: str, seed: int) -> tuple[str, dict, dict | None]:
+        """(key, key inputs, shared-graph request or None) of a reduction of ``X``."""
         inputs = self.key_inputs(reducer_spec, embedding_fingerprint=embedding_fingerprint, seed=seed)
-        return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+        graph = None if X is None else self.graph_request(reducer_spec, np.asarray(X), seed=seed)
+        if graph is not None:
+            inputs["knn_graph"] = graph
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest(), inputs, graph
 
     def paths(self, key: str) -> tuple[Path, Path]:
         """(array path, sidecar path) of a key."""
@@ -139,27 +146,23 @@ class ReductionCache:
         and the result stored. On a hit only 64 rows of ``X`` are read (see the module docstring).
         ``reducer_spec`` is a spec (name, mapping or list), not a built estimator.
         """
-        inputs = self.key_inputs(reducer_spec, embedding_fingerprint=embedding_fingerprint, seed=seed)
         X = np.asarray(X)
-        graph = self.graph_request(reducer_spec, X, seed=seed)
-        if graph is not None:
-            inputs["knn_graph"] = graph
-        key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-        probe = _probe(X) if X.ndim == 2 else ""
+        key, inputs, graph = self._keyed(reducer_spec, X, embedding_fingerprint, seed)
+        x_probe = probe(X) if X.ndim == 2 else ""
 
         if key in self._memory:
             cached, cached_probe = self._memory[key]
-            self._check_probe(cached_probe, probe, embedding_fingerprint)
+            check_probe(cached_probe, x_probe, embedding_fingerprint)
             self._memory.move_to_end(key)
             return cached, True
         with FileLock(self.directory / f".{key}.lock"):  # concurrent processes fit each reduction once
             loaded = self._load(key)
             if loaded is not None:
                 cached, cached_probe = loaded
-                self._check_probe(cached_probe, probe, embedding_fingerprint)
+                check_probe(cached_probe, x_probe, embedding_fingerprint)
                 self._remember(key, cached, cached_probe)
                 return cached, True
-            return self._fit(key, inputs, reducer_spec, X, probe, seed, graph), False
+            return self._fit(key, inputs, reducer_spec, X, x_probe, seed, graph), False
 
     def _fit(self, key: str, inputs: dict, reducer_spec, X: np.ndarray, probe: str, seed: int,
              graph_request: dict | None = None) -> np.ndarray:
@@ -180,7 +183,6 @@ class ReductionCache:
         self._remember(key, reduced, probe)
         return reduced
 
-    _check_probe = staticmethod(check_probe)
 
     def clear_memory(self) -> None:
         """Drop the in-process layer (the disk entries stay)."""

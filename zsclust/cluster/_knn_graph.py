@@ -396,7 +396,10 @@ class KnnGraphStore:
             if list(idx.shape) != meta.get("shape") or idx.shape != dist.shape:
                 raise ValueError("shape mismatch")
             graph = KnnGraph(idx, dist, g["metric"], g["method"], g.get("seed"), state)
-        except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError) as err:
+            x_probe = meta["x_probe"]
+            if not isinstance(x_probe, str):
+                raise ValueError("x_probe is not a string")
+        except (OSError, ValueError, KeyError, TypeError, EOFError, json.JSONDecodeError) as err:
             log.warning("knn graph entry %s is unreadable or damaged (%s); recomputing", key[:12], err)
             return None
-        return graph, meta["x_probe"]
+        return graph, x_probe

@@ -37,6 +37,7 @@ from sklearn.utils.validation import check_is_fitted
 from zsclust.cluster._memory import register_estimator
 from zsclust.cluster._validation import _validate_sklearn_params, check_embeddings, check_param_names
 from zsclust._json import to_jsonable
+from zsclust.cluster._umap import BACKENDS as UMAP_BACKENDS
 from zsclust.errors import ConfigError, InvalidDataError, did_you_mean
 
 __all__ = [
@@ -262,7 +263,7 @@ class UMAPReducer(_CheckedReducerMixin, TransformerMixin, BaseEstimator):
         "n_jobs": [Integral, None],
         "verbose": ["verbose"],
         "fit_subsample": [Interval(Integral, 2, None, closed="left"), None],
-        "backend": [StrOptions({"auto", "umap-learn", "cuml"})],
+        "backend": [StrOptions(set(UMAP_BACKENDS))],
     }
 
     def __init__(
