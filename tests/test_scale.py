@@ -523,3 +523,22 @@ def test_a_numpy_float_max_cluster_size_is_a_fraction():
     as_numpy = create_clusterer("hdbscan", min_cluster_size=5, max_cluster_size=np.float32(0.2)).fit(X)
     assert np.array_equal(as_float.labels_, as_numpy.labels_)
     assert as_numpy.max_cluster_size == np.float32(0.2)  # restored after the fit
+
+
+def test_many_components_are_joined_without_a_dense_matrix_of_their_centroids(monkeypatch):
+    """Above _DENSE_TREE_MAX components the centroids are joined over their own kNN graph: still one component."""
+    from scipy.sparse.csgraph import connected_components
+
+    from zsclust.cluster import _linkage
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, (12, 6)) + rng.uniform(-1e3, 1e3, 6) for _ in range(150)]).astype(np.float32)
+    dense = knn_connectivity(X, 5, "euclidean")
+    monkeypatch.setattr(_linkage, "_DENSE_TREE_MAX", 20)
+    sparse = knn_connectivity(X, 5, "euclidean")
+    assert connected_components(dense, directed=False)[0] == connected_components(sparse, directed=False)[0] == 1
+    # the joining edges form a tree over the 150 blobs: 149 links between blobs, each stored both ways
+    blob = np.arange(len(X)) // 12
+    for A in (dense, sparse):
+        rows, cols = A.nonzero()
+        assert (blob[rows] != blob[cols]).sum() == 2 * 149

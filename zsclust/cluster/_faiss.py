@@ -330,8 +330,12 @@ class KMeansBackendMixin(ExtraParamsMixin):
         rng = np.random.default_rng(check_random_state(self.random_state).randint(2**31 - 1))
         gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
         assign = _Assigner(faiss, d, gpu)
-        n_init = 1 if isinstance(self.init, np.ndarray) or hasattr(self.init, "__array__") else \
-            (self.n_init if isinstance(self.n_init, int) else 1)
+        if isinstance(self.init, np.ndarray) or hasattr(self.init, "__array__"):
+            n_init = 1
+        elif isinstance(self.n_init, int):
+            n_init = self.n_init
+        else:  # 'auto', as scikit-learn: one k-means++ start, ten random ones
+            n_init = 10 if self.init == "random" else 1
         best = None
         with stage(f"k-means (faiss{', GPU' if gpu else ''}): {n:,} x {d}, K={k}, {n_init} start(s)", n):
             for _ in range(n_init):

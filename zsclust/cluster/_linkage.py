@@ -114,7 +114,7 @@ def knn_connectivity(X: np.ndarray, n_neighbors: int, metric: str):
     the full distance matrix between components, O(N^2) memory for two large ones.
     """
     import scipy.sparse as sp
-    from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+    from scipy.sparse.csgraph import connected_components
 
     from zsclust.cluster._knn_graph import compute_knn_graph
 
@@ -129,13 +129,14 @@ def knn_connectivity(X: np.ndarray, n_neighbors: int, metric: str):
     A = ((A + A.T) > 0).astype(np.float64)
     n_comp, comp = connected_components(A, directed=False)
     if n_comp > 1:
-        centroids = np.stack([X[comp == c].mean(axis=0) for c in range(n_comp)])
-        from sklearn.metrics import pairwise_distances
-
-        tree = minimum_spanning_tree(pairwise_distances(centroids) + 1e-12).tocoo()
         extra_r, extra_c = [], []
-        for a, b in zip(tree.row, tree.col):
-            ia, ib = np.flatnonzero(comp == a), np.flatnonzero(comp == b)
+        order = np.argsort(comp, kind="stable")  # the members of component c: order[starts[c]:starts[c + 1]]
+        starts = np.concatenate([[0], np.cumsum(np.bincount(comp, minlength=n_comp))])
+        centroids = np.zeros((n_comp, X.shape[1]))
+        np.add.at(centroids, comp, X)
+        centroids /= np.diff(starts)[:, None]
+        for a, b in _centroid_tree(centroids):
+            ia, ib = order[starts[a]:starts[a + 1]], order[starts[b]:starts[b + 1]]
             pa = ia[np.argmin(((X[ia] - centroids[b]) ** 2).sum(axis=1))]
             pb = ib[np.argmin(((X[ib] - centroids[a]) ** 2).sum(axis=1))]
             extra_r += [pa, pb]
@@ -143,6 +144,31 @@ def knn_connectivity(X: np.ndarray, n_neighbors: int, metric: str):
         A = (A + sp.coo_matrix((np.ones(len(extra_r)), (extra_r, extra_c)), shape=(n, n)).tocsr() > 0)
         A = A.astype(np.float64)
     return A.tocsr()
+
+
+_DENSE_TREE_MAX = 4096  # components up to which the centroid tree is exact (a 134 MB distance matrix)
+
+
+def _centroid_tree(centroids: np.ndarray) -> list[tuple[int, int]]:
+    """Edges joining every centroid: their minimum spanning tree (exact up to ``_DENSE_TREE_MAX`` centroids; above,
+    over a 30-nearest-neighbour graph of the centroids, whose own components are then chained in order)."""
+    from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+
+    c = centroids.shape[0]
+    if c <= _DENSE_TREE_MAX:
+        from sklearn.metrics import pairwise_distances
+
+        tree = minimum_spanning_tree(pairwise_distances(centroids) + 1e-12).tocoo()
+        return list(zip(tree.row.tolist(), tree.col.tolist()))
+    from sklearn.neighbors import NearestNeighbors
+
+    graph = NearestNeighbors(n_neighbors=min(31, c)).fit(centroids).kneighbors_graph(mode="distance")
+    graph.data += 1e-12
+    tree = minimum_spanning_tree(graph.maximum(graph.T)).tocoo()
+    edges = list(zip(tree.row.tolist(), tree.col.tolist()))
+    n_meta, meta = connected_components(tree, directed=False)
+    firsts = [int(np.flatnonzero(meta == m)[0]) for m in range(n_meta)]
+    return edges + list(zip(firsts[:-1], firsts[1:]))
 
 
 LINEAR_WITHOUT_BUDGET_FROM = 20_000
