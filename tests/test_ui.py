@@ -48,18 +48,27 @@ class Served:
         self.log = log
         self._err = open(log, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "zsclust.cli", *args], stdout=subprocess.PIPE,
-                                     stderr=self._err, text=True, env=env, start_new_session=True)
+                                     stderr=self._err, bufsize=0, env=env, start_new_session=True)
         self.output: list[str] = []
         self.link = None
+        fd, pending = self.proc.stdout.fileno(), b""
         deadline = time.monotonic() + timeout
+        # raw reads on the descriptor: a buffered readline could keep a second line that arrived in the same
+        # chunk (the server's log line and ours) where select() no longer sees it
         while self.link is None and time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            line = self.proc.stdout.readline() if ready else ""
-            if not line:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(fd, 65536) if ready else b""
+            if not chunk:
                 break  # exited, or the time is up
-            self.output.append(line)
-            if line.startswith(pattern):
-                self.link = line[len(pattern):].strip()
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in (raw.decode(errors="replace") + "\n" for raw in lines):
+                self.output.append(line)
+                if self.link is None and line.startswith(pattern):
+                    self.link = line[len(pattern):].strip()
+        if self.link is not None:  # keep the pipe drained, so the server never blocks on a full one
+            import threading
+
+            threading.Thread(target=lambda: [None for _ in iter(lambda: os.read(fd, 65536), b"")], daemon=True).start()
         if self.link is None:
             self.stop()
             raise AssertionError(f"no '{pattern}' line; printed: {''.join(self.output)!r}; log: {log.read_text()[-3000:]}")
