@@ -17,6 +17,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import numpy as np
+
+from zsclust.errors import ConfigError
+
 
 class ExtraParamsMixin:
     """Adds ``_zs_extra_params`` (name → default) to a scikit-learn estimator's parameters.
@@ -65,6 +69,29 @@ class ExtraParamsMixin:
         cls.__init__ = __init__
 
 
+
+class BackendMixin(ExtraParamsMixin):
+    """``fit`` for an estimator with a ``backend`` parameter: check, pick the path (``_choose_backend(n, d)``),
+    run it (scikit-learn's own ``fit``, or the mixin's ``_fit_<backend>(X)``) and record it as ``backend_``."""
+
+    def _fit_backend(self, X: np.ndarray, fit_params: dict) -> str:
+        """The backend this fit runs on. Override where fit arguments narrow the choice."""
+        return self._choose_backend(*X.shape)
+
+    def fit(self, X, y=None, **fit_params):
+        """Check parameters, input and memory (of the path that will run), then cluster. Returns self."""
+        X = self._prepare_fit(X)
+        backend = self._fit_backend(X, fit_params)
+        if backend == "sklearn":
+            type(self).algorithm().fit(self, X, y, **fit_params)
+        else:
+            run = getattr(self, f"_fit_{backend}", None)
+            if run is None:  # pragma: no cover - the parameter constraints refuse other values first
+                raise ConfigError(f"{self._display_name()}: unknown backend {backend!r}.")
+            run(X)
+        self.backend_ = backend
+        return self
+
 def with_backends(cls):
     """Class decorator (above ``register_clusterer``): the class's ``fit_memory`` asks its backend mixin
     (``_backend_fit_memory(n, d, reference)``, where ``reference`` is the class's own estimate for the
@@ -86,4 +113,4 @@ def with_backends(cls):
     return cls
 
 
-__all__ = ["ExtraParamsMixin", "with_backends"]
+__all__ = ["BackendMixin", "ExtraParamsMixin", "with_backends"]

@@ -36,7 +36,7 @@ import sklearn.cluster as skc
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 
-from zsclust.cluster._backends import ExtraParamsMixin
+from zsclust.cluster._backends import BackendMixin
 from zsclust.cluster._progress import bar, stage
 from zsclust.errors import ConfigError
 
@@ -253,7 +253,7 @@ def lloyd(X: np.ndarray, centers: np.ndarray, *, max_iter: int, tol: float, assi
     return C32, labels, float((d_own ** 2).sum()), n_iter
 
 
-class KMeansBackendMixin(ExtraParamsMixin):
+class KMeansBackendMixin(BackendMixin):
     """``backend`` for :class:`~zsclust.cluster.KMeansClusterer` (see the module docstring)."""
 
     _zs_extra_params = {"backend": "auto"}
@@ -292,24 +292,15 @@ class KMeansBackendMixin(ExtraParamsMixin):
                     "faiss k-means (linear in N)")
         return n * d * _F32, "cuML k-means (host copy; GPU memory not counted)"
 
-    def fit(self, X, y=None, **fit_params):
-        """Check parameters, input and memory, then fit by the chosen backend. Returns self."""
-        X = self._prepare_fit(X)
-        weighted = fit_params.get("sample_weight") is not None
-        backend = "sklearn" if weighted and self.backend == "auto" else self._choose_backend(*X.shape)
-        if backend == "sklearn":
-            type(self).algorithm().fit(self, X, y, **fit_params)
-        elif weighted:
+    def _fit_backend(self, X: np.ndarray, fit_params: dict) -> str:
+        """Sample weights only scikit-learn takes: auto goes there with them, another backend says so."""
+        if fit_params.get("sample_weight") is None:
+            return self._choose_backend(*X.shape)
+        backend = "sklearn" if self.backend == "auto" else self._choose_backend(*X.shape)
+        if backend != "sklearn":
             raise ConfigError(f"{self._display_name()}: backend={backend!r} does not take sample_weight; use "
                               "backend: sklearn.")
-        elif backend == "faiss":
-            self._fit_faiss(X)
-        elif backend == "cuml":
-            self._fit_cuml(X)
-        else:  # pragma: no cover - the parameter constraints refuse other values first
-            raise ConfigError(f"{self._display_name()}: unknown backend {backend!r}; choose from {', '.join(BACKENDS)}.")
-        self.backend_ = backend
-        return self
+        return backend
 
     def _set_fitted(self, X, centers, labels, inertia, n_iter) -> None:
         from sklearn.utils._openmp_helpers import _openmp_effective_n_threads

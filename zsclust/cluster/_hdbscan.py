@@ -33,7 +33,7 @@ import numpy as np
 import sklearn.cluster as skc
 from sklearn.utils._param_validation import StrOptions
 
-from zsclust.cluster._backends import ExtraParamsMixin
+from zsclust.cluster._backends import BackendMixin
 from zsclust.cluster._progress import bar, stage
 from zsclust.errors import ConfigError
 
@@ -149,7 +149,7 @@ def prim_mst(X: np.ndarray, core: np.ndarray):
     return np.rec.fromarrays([out_s, out_d, out_w], dtype=MST_edge_dtype)
 
 
-class HDBSCANBackendMixin(ExtraParamsMixin):
+class HDBSCANBackendMixin(BackendMixin):
     """``backend`` for :class:`~zsclust.cluster.HDBSCANClusterer` (see the module docstring)."""
 
     _zs_extra_params = {"backend": "auto"}
@@ -192,21 +192,6 @@ class HDBSCANBackendMixin(ExtraParamsMixin):
         if backend == "cuml":
             return 2 * n * d * _F64, "cuML HDBSCAN (host copy; GPU memory not counted)"
         return reference(n, d)
-
-    def fit(self, X, y=None, **fit_params):
-        """Check parameters, input and memory, then fit by the chosen backend. Returns self."""
-        X = self._prepare_fit(X)
-        backend = self._choose_backend(*X.shape)
-        if backend == "sklearn":
-            type(self).algorithm().fit(self, X, y, **fit_params)
-        elif backend == "numba":
-            self._fit_numba(X)
-        elif backend == "cuml":
-            self._fit_cuml(X)
-        else:  # pragma: no cover - the parameter constraints refuse other values first
-            raise ConfigError(f"{self._display_name()}: unknown backend {backend!r}; choose from {', '.join(BACKENDS)}.")
-        self.backend_ = backend
-        return self
 
     def _fit_numba(self, X: np.ndarray) -> None:
         from sklearn.cluster._hdbscan.hdbscan import _process_mst, tree_to_labels

@@ -32,7 +32,7 @@ import numpy as np
 import sklearn.cluster as skc
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from zsclust.cluster._backends import ExtraParamsMixin
+from zsclust.cluster._backends import BackendMixin
 from zsclust.cluster._progress import stage
 from zsclust.errors import ConfigError
 
@@ -175,7 +175,7 @@ LINEAR_WITHOUT_BUDGET_FROM = 20_000
 """With no memory budget known, ``auto`` takes the linear-memory path from this many points (3 GiB of N² distances)."""
 
 
-class LinkageBackendMixin(ExtraParamsMixin):
+class LinkageBackendMixin(BackendMixin):
     """``backend`` and ``knn_neighbors`` for :class:`~zsclust.cluster.AgglomerativeClusterer` (see the module)."""
 
     _zs_extra_params = {"backend": "auto", "knn_neighbors": 30}
@@ -273,19 +273,6 @@ class LinkageBackendMixin(ExtraParamsMixin):
         return estimate, why
 
     # -- fitting -------------------------------------------------------------------------------
-    def fit(self, X, y=None, **fit_params):
-        """Check parameters, input and memory (of the path that will run), then cluster. Returns self."""
-        X = self._prepare_fit(X)
-        backend = self._choose_backend(*X.shape)
-        if backend == "sklearn":
-            type(self).algorithm().fit(self, X, y, **fit_params)
-        elif backend == "fastcluster":
-            self._fit_fastcluster(X)
-        else:
-            self._fit_knn_graph(X)
-        self.backend_ = backend
-        return self
-
     def _fit_fastcluster(self, X: np.ndarray) -> None:
         n = X.shape[0]
         Z = linear_linkage(X, self.linkage, self._metric())
