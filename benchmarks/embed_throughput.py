@@ -1,6 +1,7 @@
 """Embedding throughput: zsclust's engine against a plain fp32 loop, on the same image folder, in one run.
 
     python benchmarks/embed_throughput.py [--images 512] [--folder DIR] [--encoder NAME]
+    python benchmarks/embed_throughput.py --images 2000 --whole-process   # each side a whole process
 
 The plain loop is what people write first: a timm model, torchvision's ImageFolder, a DataLoader
 with default settings, fp32, no AMP. zsclust runs ``embed()`` end to end (trainer set-up, loader,
@@ -80,6 +81,46 @@ def pure_forward(model: torch.nn.Module, data_config: dict, batch_size: int, pre
     return n * batch_size / (time.perf_counter() - start)
 
 
+PLAIN_PROCESS = """
+import sys, time, torch
+from torchvision import datasets, transforms
+from zsclust.encoders import create_encoder  # the same weights as zsclust's side (timm + a local file)
+model, folder = create_encoder(sys.argv[1]), sys.argv[2]
+c = model.data_config
+h = c["input_size"][-1]
+tf = transforms.Compose([transforms.Resize(int(h / c["crop_pct"]), interpolation=transforms.InterpolationMode(
+    c["interpolation"])), transforms.CenterCrop(h), transforms.ToTensor(), transforms.Normalize(c["mean"], c["std"])])
+loader = torch.utils.data.DataLoader(datasets.ImageFolder(folder, tf), batch_size=32)
+model.eval()
+with torch.no_grad():
+    out = torch.cat([model(x) for x, _ in loader])
+print(out.shape)
+"""
+
+
+def whole_process(args, folder: Path, n: int) -> None:
+    """The issue's measure: each side as a whole process (imports, model set-up, the loop), timed from outside."""
+    import subprocess
+    import sys
+
+    def timed(argv) -> float:
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, capture_output=True)
+        return time.perf_counter() - start
+
+    plain, ours = [], []
+    for _ in range(args.repeat):
+        plain.append(timed([sys.executable, "-c", PLAIN_PROCESS, args.encoder, str(folder)]))
+        with tempfile.TemporaryDirectory() as cache:
+            ours.append(timed([sys.executable, "-m", "zsclust", "embed", "--encoder", args.encoder, "--dataset",
+                               str(folder), "--cache-dir", cache, "--no-progress", "--accelerator", args.accelerator]))
+    print(f"whole process, {n} images (best of {args.repeat}; all runs in s: plain {', '.join(f'{s:.1f}' for s in plain)}"
+          f"; zsclust {', '.join(f'{s:.1f}' for s in ours)})")
+    print(f"plain fp32 script:      {min(plain):8.1f} s  ({n / min(plain):.1f} img/s)")
+    print(f"zsclust embed:          {min(ours):8.1f} s  ({n / min(ours):.1f} img/s)")
+    print(f"ratio zsclust / plain:  {min(plain) / min(ours):8.2f}x")
+
+
 def main() -> None:
     from zsclust.embed import EmbedOptions, embed, resolve_precision
     from zsclust.embed._optimize import fold_batchnorm
@@ -95,9 +136,14 @@ def main() -> None:
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--skip-plain", action="store_true", help="only zsclust and the pure forward pass (GPU runs)")
     p.add_argument("--repeat", type=int, default=2, help="runs of each side; the best is reported [2]")
+    p.add_argument("--whole-process", action="store_true",
+                   help="time `zsclust embed` and a plain script as whole processes from outside (imports included)")
     args = p.parse_args()
 
     folder = args.folder or make_folder(Path(tempfile.gettempdir()) / f"zsclust-bench-{args.images}", args.images)
+    if args.whole_process:
+        whole_process(args, folder, sum(1 for _ in folder.rglob("*.jpg")))
+        return
     encoder = create_encoder(args.encoder, weights=args.weights)
     cfg = encoder.data_config
     device = "cuda" if args.accelerator in ("gpu", "cuda") or (args.accelerator == "auto" and torch.cuda.is_available()) else "cpu"

@@ -231,9 +231,9 @@ space:
     - {{name: agglomerative, n_clusters: K, linkage: ward}}
     - {{name: hdbscan, min_cluster_size: 5}}
 objective: {{metric: ami}}
-study: {{n_trials: 4, sampler: grid, storage: "sqlite:///{tmp}/optuna.db"}}
+study: {{n_trials: 4, sampler: grid, storage: "sqlite:///{tmp}/optuna.db", workers: {workers}}}
 tracking: {{experiment: scale-bench, uri: "sqlite:///{tmp}/mlflow.db"}}
-"""
+{evaluation}"""
 
 READ_STUDY = """
 import optuna, sys
@@ -250,21 +250,32 @@ def cmd_study(args) -> list[dict]:
     """A 12-config study (UMAP n_components {5,10,20,50} x K-Means, ward, HDBSCAN) through zsclust tune
     against the same 12 configs fitted one after another in one plain process."""
     path = data_file(args.work, args.n, args.d, args.classes)
-    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
-        cfg = Path(tmp) / "study.yaml"
-        cfg.write_text(STUDY_CONFIG.format(tmp=tmp))
-        env = {"ZSCLUST_CACHE_DIR": f"{tmp}/cache", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
-        argv = [sys.executable, "-m", "zsclust", "tune", str(cfg), "--embeddings", f"syn={path}", "--no-progress"]
-        ours = measure("", argv=argv, env=env)
-        best = subprocess.run([sys.executable, "-c", "import json\n" + READ_STUDY, f"sqlite:///{tmp}/optuna.db"],
-                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-        try:
-            ours["result"] = {f"best_{k}": v for k, v in json.loads(best.stdout.strip().splitlines()[-1]).items()}
-        except (ValueError, IndexError):
-            print(best.stderr[-2000:])
-    plain = measure(child(path, PLAIN_STUDY))
-    rows = [row(f"12-config study, {args.n:,} x {args.d}", ours, plain,
-                "zsclust: 4 UMAP fits on one shared kNN graph, + the label-free UMAP-50 and silhouettes per trial")]
+    variants = [(f"zsclust tune, study.workers={args.workers}", args.workers, "")]
+    if args.variants:
+        variants = [("zsclust tune, 1 process", 1, ""), ("zsclust tune, study.workers=2", 2, ""),
+                    ("zsclust tune, study.workers=2, scored like the plain loop (AMI; no label-free UMAP-50)", 2,
+                     "evaluation: {silhouette_spaces: [raw, reduced]}\n")]
+    ours_rows = []
+    for label, workers, evaluation in variants:
+        with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+            cfg = Path(tmp) / "study.yaml"
+            cfg.write_text(STUDY_CONFIG.format(tmp=tmp, workers=workers, evaluation=evaluation))
+            env = {"ZSCLUST_CACHE_DIR": f"{tmp}/cache", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+            argv = [sys.executable, "-m", "zsclust", "tune", str(cfg), "--embeddings", f"syn={path}", "--no-progress"]
+            ours = measure("", argv=argv, env=env)
+            best = subprocess.run([sys.executable, "-c", "import json\n" + READ_STUDY, f"sqlite:///{tmp}/optuna.db"],
+                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+            try:
+                ours["result"] = {f"best_{k}": v for k, v in json.loads(best.stdout.strip().splitlines()[-1]).items()}
+            except (ValueError, IndexError):
+                print(best.stderr[-2000:])
+            ours_rows.append((label, ours))
+    plain = None if args.skip_plain else measure(child(path, PLAIN_STUDY))
+    rows = [row(f"12-config study, {args.n:,} x {args.d}: {label}", ours, plain,
+                "zsclust: 4 UMAP fits on one shared kNN graph" + (", + the label-free UMAP-50 and its silhouettes"
+                                                                   if "plain loop" not in label else "")
+                + ("; peak memory: the largest of the processes" if "workers=2" in label else ""))
+            for label, ours in ours_rows]
     print_table("zsclust tune (12 configs) vs a plain loop refitting UMAP per config; target ratio >= 3", rows)
     return rows
 
@@ -392,10 +403,13 @@ def cmd_umap_ward(args) -> list[dict]:
 
 
 OURS_KMEANS = """
-from zsclust.cluster import create_clusterer
+from zsclust.cluster import _faiss, create_clusterer
+if {per} is not None:
+    _faiss.INIT_SAMPLE_PER_CLUSTER = {per}
 est = create_clusterer({{"name": "kmeans", "n_clusters": K, "random_state": 0, "backend": "faiss", "max_iter": {it}}})
 labels = est.fit_predict(X)
-done(ami=ami(labels), n_iter=est.n_iter_, inertia=est.inertia_)
+m = min(len(X), _faiss.INIT_SAMPLE_PER_CLUSTER * K)
+done(ami=ami(labels), n_iter=est.n_iter_, inertia=est.inertia_, refined_on=m if len(X) >= _faiss.REFINE_FROM * m else 0)
 """
 PLAIN_KMEANS = """
 from sklearn.cluster import KMeans
@@ -410,14 +424,14 @@ def cmd_kmeans(args) -> list[dict]:
     small = data_file(args.work, args.ami_n, args.d, args.classes)
     for it in args.max_iter:
         rows.append(row(f"K-Means K={args.classes}, {args.ami_n:,} x {args.d}, max_iter={it}",
-                        measure(child(small, OURS_KMEANS.format(it=it))), None, "AMI check"))
+                        measure(child(small, OURS_KMEANS.format(it=it, per=args.refine_sample))), None, "AMI check"))
     if not args.skip_sklearn:
         rows.append(row(f"K-Means K={args.classes}, {args.ami_n:,} x {args.d} (scikit-learn k-means++)", None,
                         measure(child(small, PLAIN_KMEANS)), "reference AMI"))
     if args.n:
         big = data_file(args.work, args.n, args.d, args.classes)
         rows.append(row(f"K-Means K={args.classes}, {args.n:,} x {args.d}, max_iter={args.max_iter[-1]}",
-                        measure(child(big, OURS_KMEANS.format(it=args.max_iter[-1]))), None,
+                        measure(child(big, OURS_KMEANS.format(it=args.max_iter[-1], per=None))), None,
                         "plain scikit-learn not run at this size (k-means++ alone: hours on 2 cores)"))
     print_table("K-Means at 1M points; targets <= 3 min, <= 10 GiB, AMI within 0.01 of scikit-learn", rows)
     return rows
@@ -438,8 +452,13 @@ def main(argv=None) -> int:
     p.add_argument("--ami-n", type=int, default=100_000)
     p.add_argument("--max-iter", type=int, nargs="+", default=[20, 1000])
     p.add_argument("--skip-sklearn", action="store_true")
+    p.add_argument("--workers", type=int, default=1, help="study: study.workers of the zsclust side")
+    p.add_argument("--skip-plain", action="store_true", help="study: do not run the plain loop")
+    p.add_argument("--refine-sample", type=int, default=None,
+                   help="kmeans: k-means++ sample per cluster for the --ami-n rows (a smaller one makes the faiss "
+                        "backend refine its start on the sample there too, as it does at --n)")
     p.add_argument("--variants", action="store_true", help="recipe: also zsclust with seed=42, and without the "
-                   "label-free space and plots")
+                   "label-free space and plots; study: 1 process, 2 workers, and 2 workers scored like the plain loop")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = p.parse_args(argv)
     defaults = {"recipe": (10_000, 1280, 100), "study": (10_000, 1280, 100), "stages": (50_000, 768, 1000),

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import numpy as np
@@ -238,6 +242,8 @@ def test_hdbscan_auto_uses_the_exact_fast_path_from_a_size(monkeypatch):
     assert "numba" in why and need < 2 * 2**30
     with pytest.raises(ConfigError, match="backend='numba' computes euclidean"):
         create_clusterer("hdbscan", backend="numba", metric="cosine")
+    with pytest.raises(ConfigError, match="backend='cuml' computes euclidean HDBSCAN without metric_params"):
+        create_clusterer("hdbscan", backend="cuml", metric="cosine")  # said before cuML is looked for
 
 
 # ------------------------------------------------------------------------------ K-Means
@@ -258,6 +264,29 @@ def test_faiss_kmeans_agrees_with_scikit_learn_on_small_data():
     a = ami(yh, KMeans(40, n_init=1, random_state=0).fit_predict(Xh))
     b = ami(yh, create_clusterer("kmeans", n_clusters=40, random_state=0, backend="faiss").fit_predict(Xh))
     assert b > a - 0.02
+
+
+@needs_faiss
+def test_faiss_kmeans_refines_its_start_on_the_sample_at_large_n(monkeypatch):
+    """From REFINE_FROM x the k-means++ sample, each start is first refined by Lloyd on that sample, then Lloyd
+    runs on all the points from there (the 1M-point benchmark's speed-up); as good as scikit-learn's k-means++."""
+    from zsclust.cluster import _faiss
+
+    X, y = make_blobs(n_samples=8000, centers=40, n_features=32, cluster_std=4.0, random_state=1)
+    ref = KMeans(40, n_init=1, random_state=0).fit(X)
+    rows_seen = []
+    real_lloyd = _faiss.lloyd
+    monkeypatch.setattr(_faiss, "lloyd", lambda Xs, *a, **kw: rows_seen.append(len(Xs)) or real_lloyd(Xs, *a, **kw))
+    create_clusterer("kmeans", n_clusters=40, random_state=0, backend="faiss").fit(X)
+    assert rows_seen == [8000]  # 8000 < 4 x 40 x 64: no refinement
+    monkeypatch.setattr(_faiss, "INIT_SAMPLE_PER_CLUSTER", 40)  # a 1,600-point sample: 8000 >= 4 x 1600
+    rows_seen.clear()
+    refined = create_clusterer("kmeans", n_clusters=40, random_state=0, backend="faiss").fit(X)
+    assert rows_seen == [1600, 8000]  # the sample, then every point
+    assert ami(y, refined.labels_) > ami(y, ref.labels_) - 0.02
+    assert refined.inertia_ < ref.inertia_ * 1.02
+    again = create_clusterer("kmeans", n_clusters=40, random_state=0, backend="faiss").fit(X)
+    assert np.array_equal(again.labels_, refined.labels_)  # seeded
 
 
 @needs_faiss
@@ -390,6 +419,8 @@ def test_umap_subsample_fit_is_recorded_and_keyed():
                          random_state=0)
     Z = red.fit_transform(X)
     assert Z.shape == (600, 2) and np.isfinite(Z).all() and red.fit_info_["fit_subsample"] == 300
+    with pytest.raises(ConfigError, match="fit_subsample=20 fits on 20 of the N=600 samples.*Raise fit_subsample"):
+        create_reducer({"name": "umap", "n_components": 2, "n_neighbors": 30, "fit_subsample": 20}).fit(X)
     assert "fit_subsample" not in reducer_key("umap")[0] and "backend" not in reducer_key("umap")[0]
     assert reducer_key({"name": "umap", "fit_subsample": 300})[0]["fit_subsample"] == 300
 
@@ -424,6 +455,25 @@ def test_long_stages_say_so(monkeypatch, caplog):
     text = caplog.text
     assert "agglomerative (ward, fastcluster, linear memory): 150 x 6 ..." in text and "done in" in text
     assert "exact kNN: 150 x 6" in text
+
+
+def test_progress_goes_to_stderr_until_the_application_sets_up_logging():
+    """Without logging set up, long stages print to stderr; once the application configures the root logger,
+    they go through its handlers instead (and only there)."""
+    script = textwrap.dedent("""
+        import logging, sys
+        from zsclust.cluster._progress import stage
+        with stage("first stage", 10**6):
+            pass
+        logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="ROOT %(name)s %(message)s")
+        with stage("second stage", 10**6):
+            pass
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, ZSCLUST_PROGRESS="1"))
+    assert out.returncode == 0, out.stderr
+    assert "first stage done in" in out.stderr and "first stage" not in out.stdout
+    assert "ROOT zsclust.progress second stage done in" in out.stdout and "second stage" not in out.stderr
 
 
 # ------------------------------------------------------------------------------ GPU (cuML): skipped without one

@@ -122,6 +122,8 @@ def test_unknown_space_group_and_config_key(tmp_path):
         load_tune_config(None, ["space.clusterer=hdbscn"])
     with pytest.raises(ConfigError, match="Unknown config key 'study.n_trail'"):
         load_tune_config(None, ["study.n_trail=3"])
+    with pytest.raises(ConfigError, match="study.workers .* must be at least 1, got 0"):
+        load_tune_config(None, ["study.workers=0"])
 
 
 @pytest.mark.parametrize("url", ["postgresql://zs:secret@127.0.0.1:1/optuna", "sqlite:///{file}/sub/optuna.db"])
@@ -311,6 +313,41 @@ def test_two_workers_share_one_study_exactly(tmp_path):
     [parent] = [r for r in runs if r.data.tags.get("zsclust.role") == "study"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(int(r.data.params["trial.number"]) for r in children) == list(range(24))
+
+
+def test_study_workers_start_local_processes_that_share_the_study(tmp_path):
+    """study.workers=2: one command, two processes on this machine, each running some of the trials; the
+    total stays exact, each trial says which process ran it, and a worker that fails fails the command."""
+    npz = blobs_npz(tmp_path / "val.npz", n=2500)
+    cfg = tune_yaml(tmp_path, clusterer=BIG_SPACE, n_trials=16, pruner="none", tracking=True, workers=2)
+    proc = subprocess.run([sys.executable, "-m", "zsclust", "tune", str(cfg), "--embeddings", f"blobs={npz}",
+                           "--no-progress"], env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "starting 1 more worker process(es)" in proc.stdout
+    trials = load(tmp_path).trials
+    assert len(trials) == 16 and all(t.state == TrialState.COMPLETE for t in trials)
+    workers = {t.user_attrs["zsclust.worker"] for t in trials}
+    assert len(workers) == 2, workers  # both processes ran trials
+    assert str(os.getpid()) not in {w.rsplit(":", 1)[1] for w in workers}
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("tune-test").experiment_id], max_results=100)
+    assert {r.data.tags.get("zsclust.worker") for r in runs if r.data.tags.get("zsclust.role") == "trial"} == workers
+
+    # a worker that fails fails the command, naming it; the other workers are stopped
+    from zsclust.errors import ZsclustError
+    from zsclust.jobs import _LocalWorkers
+
+    with pytest.raises(ZsclustError, match=r"1 of the study.workers processes failed \(worker 2 \(pid \d+\): exit 3"):
+        with _LocalWorkers([]) as local:
+            local.procs = [subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])]
+            local.wait()
+    slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with pytest.raises(KeyboardInterrupt):
+        with _LocalWorkers([]) as local:
+            local.procs = [slow]
+            raise KeyboardInterrupt
+    assert slow.poll() is not None  # stopped, not left running
 
 
 def test_a_killed_worker_is_resumed_without_losing_trials(tmp_path):

@@ -35,16 +35,16 @@ import hashlib
 import json
 import logging
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from zsclust._atomic import atomic_save_npy, atomic_write_json
-from zsclust._locks import FileLock
+from zsclust.cluster._distances import umap_metric
 from zsclust.cluster._knn_graph import SHARED_METRICS, KnnGraphStore, resolve_method
-from zsclust.cluster._probe import check_probe, probe
+from zsclust.cluster._probe import probe
 from zsclust.cluster._reducers import UMAPReducer, create_reducer, reducer_key
+from zsclust.cluster._store import KeyedStore
 from zsclust.errors import ConfigError, InvalidDataError
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def _digest(array: np.ndarray) -> str:
 
 
 
-class ReductionCache:
+class ReductionCache(KeyedStore):
     """Disk cache (plus in-process LRU of ``memory_items`` arrays) of fitted reductions.
 
     ``directory`` is created if needed. If it cannot be written, results are still returned and a
@@ -69,9 +69,7 @@ class ReductionCache:
 
     def __init__(self, directory, *, memory_items: int = 4, share_knn: bool = True, knn_method: str = "auto",
                  knn_seed: int = 0):
-        self.directory = Path(directory)
-        self.memory_items = int(memory_items)
-        self._memory: OrderedDict[str, tuple[np.ndarray, str]] = OrderedDict()
+        super().__init__(directory, memory_items=memory_items)
         self.share_knn = bool(share_knn)
         self.knn_method = knn_method
         self.knn_seed = int(knn_seed)
@@ -87,13 +85,13 @@ class ReductionCache:
         if not self.share_knn or getattr(X, "ndim", 0) != 2:
             return None
         reducer = create_reducer(reducer_spec, random_state=int(seed))
-        if not isinstance(reducer, UMAPReducer) or reducer.metric not in SHARED_METRICS:
+        if not isinstance(reducer, UMAPReducer) or umap_metric(reducer.metric) not in SHARED_METRICS:
             return None
         n, d = X.shape
         if reducer.n_neighbors >= n or (reducer.fit_subsample is not None and n > reducer.fit_subsample):
             return None
         method = resolve_method(self.knn_method, n, d, reducer.metric)
-        return {"n_neighbors": int(reducer.n_neighbors), "metric": reducer.metric, "method": method,
+        return {"n_neighbors": int(reducer.n_neighbors), "metric": umap_metric(reducer.metric), "method": method,
                 "seed": self.knn_seed if method == "nndescent" else None}
 
     def fit_details(self, reducer_spec, X, *, seed: int) -> dict:
@@ -149,20 +147,8 @@ class ReductionCache:
         X = np.asarray(X)
         key, inputs, graph = self._keyed(reducer_spec, X, embedding_fingerprint, seed)
         x_probe = probe(X) if X.ndim == 2 else ""
-
-        if key in self._memory:
-            cached, cached_probe = self._memory[key]
-            check_probe(cached_probe, x_probe, embedding_fingerprint)
-            self._memory.move_to_end(key)
-            return cached, True
-        with FileLock(self.directory / f".{key}.lock"):  # concurrent processes fit each reduction once
-            loaded = self._load(key)
-            if loaded is not None:
-                cached, cached_probe = loaded
-                check_probe(cached_probe, x_probe, embedding_fingerprint)
-                self._remember(key, cached, cached_probe)
-                return cached, True
-            return self._fit(key, inputs, reducer_spec, X, x_probe, seed, graph), False
+        return self._get_or_make(key, x_probe, embedding_fingerprint,
+                                 lambda: self._fit(key, inputs, reducer_spec, X, x_probe, seed, graph))
 
     def _fit(self, key: str, inputs: dict, reducer_spec, X: np.ndarray, probe: str, seed: int,
              graph_request: dict | None = None) -> np.ndarray:
@@ -180,23 +166,10 @@ class ReductionCache:
             reduced = reduced.copy()
         self._store(key, inputs, reduced, probe)
         reduced.flags.writeable = False
-        self._remember(key, reduced, probe)
         return reduced
 
 
-    def clear_memory(self) -> None:
-        """Drop the in-process layer (the disk entries stay)."""
-        self._memory.clear()
-
     # -- internals ---------------------------------------------------------------------------------
-    def _remember(self, key: str, array: np.ndarray, probe: str) -> None:
-        if self.memory_items <= 0:
-            return
-        self._memory[key] = (array, probe)
-        self._memory.move_to_end(key)
-        while len(self._memory) > self.memory_items:
-            self._memory.popitem(last=False)
-
     def _load(self, key: str) -> tuple[np.ndarray, str] | None:
         npy, sidecar = self.paths(key)
         if not sidecar.exists() or not npy.exists():

@@ -40,6 +40,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils._param_validation import Interval
 
 from zsclust.cluster._backends import with_backends
+from zsclust.cluster._distances import canonical_metric, is_euclidean
 from zsclust.cluster._faiss import KMeansBackendMixin
 from zsclust.cluster._hdbscan import HDBSCANBackendMixin
 from zsclust.cluster._linkage import LinkageBackendMixin
@@ -203,8 +204,7 @@ class AgglomerativeClusterer(LinkageBackendMixin, GuardedClusterMixin, skc.Agglo
         inputs = n * d * _F64
         if params.get("connectivity") is not None:
             return 4 * inputs, "sparse connectivity"
-        metric = {"l1": "cityblock", "manhattan": "cityblock", "l2": "euclidean"}.get(params.get("metric"),
-                                                                                        params.get("metric"))
+        metric = canonical_metric(params.get("metric"))
         if params.get("linkage") == "single" and isinstance(metric, str) and metric in METRIC_MAPPING64:
             return 3 * inputs + n * 4 * _F64, "single-linkage minimum spanning tree"
         condensed = n * (n - 1) // 2 * _F64  # scipy: condensed pdist, nn_chain's working copy, an isfinite mask
@@ -218,7 +218,7 @@ class AgglomerativeClusterer(LinkageBackendMixin, GuardedClusterMixin, skc.Agglo
                 f"n_clusters=None); got n_clusters={self.n_clusters!r}, "
                 f"distance_threshold={self.distance_threshold!r}."
             )
-        if self.linkage == "ward" and self.metric not in ("euclidean", "l2"):
+        if self.linkage == "ward" and not is_euclidean(self.metric):
             raise ConfigError(
                 f"{name}: linkage='ward' requires metric='euclidean', got metric={self.metric!r}. "
                 "Use linkage='average', 'complete' or 'single' for other metrics."
@@ -236,7 +236,7 @@ def threshold_scale(X: np.ndarray, metric: str) -> np.ndarray:
     if spread > 0:
         X = X / spread
     d = X.shape[1]
-    divisor = {"euclidean": np.sqrt(d), "l2": np.sqrt(d), "l1": d, "manhattan": d, "cityblock": d}.get(metric, 1.0)
+    divisor = {"euclidean": np.sqrt(d), "cityblock": d}.get(canonical_metric(metric), 1.0)
     return X / divisor
 
 

@@ -34,6 +34,7 @@ import sklearn.cluster as skc
 from sklearn.utils._param_validation import StrOptions
 
 from zsclust.cluster._backends import BackendMixin
+from zsclust.cluster._distances import is_euclidean
 from zsclust.cluster._progress import bar, stage
 from zsclust.errors import ConfigError
 
@@ -159,11 +160,15 @@ class HDBSCANBackendMixin(BackendMixin):
                                                   "backend": "numba"}}
 
     def _numba_possible(self) -> bool:
-        return (self.metric in ("euclidean", "l2") and float(self.alpha) == 1.0 and not self.metric_params
+        return (is_euclidean(self.metric) and float(self.alpha) == 1.0 and not self.metric_params
                 and self.algorithm in ("auto", "kd_tree", "ball_tree"))
 
     def validate_config(self) -> None:
         super().validate_config()
+        if self.backend == "cuml" and not self._cuml_possible():
+            raise ConfigError(f"{self._display_name()}: backend='cuml' computes euclidean HDBSCAN without "
+                              f"metric_params; got metric={self.metric!r}, metric_params={self.metric_params!r}. "
+                              "Use backend: sklearn or auto.")
         if self.backend == "numba" and not self._numba_possible():
             raise ConfigError(f"{self._display_name()}: backend='numba' computes euclidean HDBSCAN with alpha=1 and a "
                               f"tree algorithm (scikit-learn's Prim's path); got metric={self.metric!r}, "
@@ -180,7 +185,7 @@ class HDBSCANBackendMixin(BackendMixin):
         return "numba" if self._numba_possible() and n >= NUMBA_FROM else "sklearn"
 
     def _cuml_possible(self) -> bool:
-        return self.metric in ("euclidean", "l2") and not self.metric_params
+        return is_euclidean(self.metric) and not self.metric_params
 
     def _backend_fit_memory(self, n: int, d: int, reference) -> tuple[int, str]:
         backend = self._choose_backend(n, d)
@@ -223,3 +228,5 @@ class HDBSCANBackendMixin(BackendMixin):
         self.labels_ = to_numpy(model.labels_).astype(np.intp)
         self.probabilities_ = to_numpy(model.probabilities_)
         self.n_features_in_ = X.shape[1]
+        if self.store_centers:  # scikit-learn's centroids/medoids from the labels and probabilities
+            self._weighted_cluster_center(np.asarray(X, dtype=np.float64))

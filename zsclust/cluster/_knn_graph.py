@@ -33,15 +33,15 @@ import io
 import json
 import logging
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from zsclust._atomic import atomic_write_bytes, atomic_write_json
-from zsclust._locks import FileLock
-from zsclust.cluster._probe import check_probe, probe
+from zsclust.cluster._distances import umap_metric
+from zsclust.cluster._probe import probe
+from zsclust.cluster._store import KeyedStore
 from zsclust.cluster._progress import bar, stage
 from zsclust.errors import ConfigError
 
@@ -54,10 +54,11 @@ EXACT_MAX_WORK = 1.0e13
 _CANDIDATE_MARGIN = 16  # extra candidates per row from the float32 product, re-ranked exactly
 _BLOCK_BYTES = 256 * 2**20  # one block of the distance matrix
 _ANGULAR = ("cosine", "correlation", "dice", "jaccard", "ll_dirichlet", "hellinger")
-_GEMM_METRICS = {"euclidean": "euclidean", "l2": "euclidean", "cosine": "cosine", "correlation": "correlation"}
-SHARED_METRICS = frozenset({*_GEMM_METRICS, "manhattan", "l1", "cityblock"})
-"""Metrics a shared graph is built for (exact and NNDescent agree on them); UMAP with any other metric
-(umap-only ones such as ``hellinger``, or ``precomputed``) searches its own neighbours, as umap-learn does."""
+_GEMM_METRICS = ("euclidean", "cosine", "correlation")
+SHARED_METRICS = frozenset({*_GEMM_METRICS, "manhattan"})
+"""Metrics (umap-learn's names, :func:`~zsclust.cluster._distances.umap_metric`) a shared graph is built for
+(exact and NNDescent agree on them); UMAP with any other metric (umap-only ones such as ``hellinger``, or
+``precomputed``) searches its own neighbours, as umap-learn does."""
 
 __all__ = ["EXACT_MAX_WORK", "KnnGraph", "KnnGraphStore", "compute_knn_graph", "exact_knn", "resolve_method"]
 
@@ -96,7 +97,7 @@ def resolve_method(method: str, n_samples: int, n_features: int, metric: str = "
         return method
     from zsclust.cluster._gpu import want_gpu
 
-    if metric in _GEMM_METRICS and want_gpu("auto", "knn graph"):
+    if umap_metric(metric) in _GEMM_METRICS and want_gpu("auto", "knn graph"):
         return "cuml"
     return "exact" if float(n_samples) ** 2 * n_features <= EXACT_MAX_WORK else "nndescent"
 
@@ -137,7 +138,7 @@ def _candidate_scores(Xb: np.ndarray, Y: np.ndarray, y_sq: np.ndarray | None, me
     """A block's scores against all rows (smaller = nearer): exact up to float32 rounding."""
     if metric in _GEMM_METRICS:
         s = Xb @ Y.T
-        if _GEMM_METRICS[metric] == "euclidean":
+        if metric == "euclidean":
             s *= -2.0
             s += y_sq[None, :]
             return s  # + |x|^2 (constant per row) left out: it does not change the row's order
@@ -152,7 +153,7 @@ def _prepare_gemm(X: np.ndarray, metric: str):
     # neighbour distances far below float32's rounding of |x|^2 + |y|^2 - 2xy
     dtype = np.float64 if X.dtype == np.float64 else np.float32
     Y = np.asarray(X, dtype=dtype)
-    kind = _GEMM_METRICS.get(metric)
+    kind = metric if metric in _GEMM_METRICS else None
     if kind == "euclidean":
         Y = Y - Y.mean(axis=0, dtype=np.float64).astype(dtype)  # smaller norms: less cancellation
         return np.ascontiguousarray(Y), np.einsum("ij,ij->i", Y, Y)
@@ -174,7 +175,7 @@ class _RoundingCheck:
     """
 
     def __init__(self, X: np.ndarray, Y: np.ndarray, y_sq, metric: str):
-        self.X, self.Y, self.metric, self.kind = X, Y, metric, _GEMM_METRICS[metric]
+        self.X, self.Y, self.metric, self.kind = X, Y, metric, metric
         eps = float(np.finfo(Y.dtype).eps)
         norms = np.sqrt(y_sq.astype(np.float64)) if y_sq is not None else np.ones(len(Y))
         big = float(norms.max()) if len(norms) else 0.0
@@ -211,6 +212,7 @@ def exact_knn(X: np.ndarray, n_neighbors: int, metric: str = "euclidean", *, dis
     X = np.ascontiguousarray(X)
     n, d = X.shape
     k = int(n_neighbors)
+    metric = umap_metric(metric)
     if not 1 <= k <= n:
         raise ConfigError(f"{what}: n_neighbors={k} must be between 1 and N={n}.")
     m = min(n, k + _CANDIDATE_MARGIN)
@@ -274,7 +276,7 @@ def _cuml_knn(X: np.ndarray, n_neighbors: int, metric: str):
     require_gpu("knn graph")
     from cuml.neighbors import NearestNeighbors
 
-    nn = NearestNeighbors(n_neighbors=int(n_neighbors), metric=_GEMM_METRICS.get(metric, metric))
+    nn = NearestNeighbors(n_neighbors=int(n_neighbors), metric=metric)
     dist, idx = nn.fit(np.asarray(X, dtype=np.float32)).kneighbors(np.asarray(X, dtype=np.float32))
     return to_numpy(idx).astype(np.int64), to_numpy(dist)
 
@@ -284,6 +286,7 @@ def compute_knn_graph(X, n_neighbors: int, metric: str = "euclidean", *, method:
     """The ``n_neighbors``-NN graph of ``X`` by ``method`` (see the module docstring)."""
     X = np.asarray(X)
     n, d = X.shape
+    metric = umap_metric(metric)
     chosen = resolve_method(method, n, d, metric)
     if chosen == "exact":
         # as umap-learn does: its distance function on the float32 data
@@ -302,7 +305,7 @@ def compute_knn_graph(X, n_neighbors: int, metric: str = "euclidean", *, method:
 # ----------------------------------------------------------------------------------- store
 
 
-class KnnGraphStore:
+class KnnGraphStore(KeyedStore):
     """Graphs on disk (``<key>.npz`` + ``<key>.json`` sidecar, written atomically, array first) and in memory.
 
     Keyed by the embedding fingerprint, ``n_neighbors``, the metric, the method (as resolved for the
@@ -312,15 +315,13 @@ class KnnGraphStore:
     """
 
     def __init__(self, directory, *, memory_items: int = 2):
-        self.directory = Path(directory)
-        self.memory_items = int(memory_items)
-        self._memory: OrderedDict[str, tuple[KnnGraph, str]] = OrderedDict()
+        super().__init__(directory, memory_items=memory_items)
 
     @staticmethod
     def key_inputs(*, embedding_fingerprint: str, n_neighbors: int, metric: str, method: str,
                    seed: int | None) -> dict:
         return {"format": GRAPH_FORMAT, "embedding_fingerprint": embedding_fingerprint,
-                "n_neighbors": int(n_neighbors), "metric": metric, "method": method,
+                "n_neighbors": int(n_neighbors), "metric": umap_metric(metric), "method": method,
                 "seed": None if method != "nndescent" else int(seed)}
 
     def get_or_compute(self, X, *, embedding_fingerprint: str, n_neighbors: int, metric: str = "euclidean",
@@ -332,29 +333,13 @@ class KnnGraphStore:
                                  method=chosen, seed=seed)
         key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
         rows = probe(X)
-        if key in self._memory:
-            graph, cached_probe = self._memory[key]
-            check_probe(cached_probe, rows, embedding_fingerprint)
-            self._memory.move_to_end(key)
-            return graph, True
-        with FileLock(self.directory / f".{key}.lock"):
-            loaded = self._load(key)
-            if loaded is not None:
-                check_probe(loaded[1], rows, embedding_fingerprint)
-                self._remember(key, *loaded)
-                return loaded[0], True
+
+        def make() -> KnnGraph:
             graph = compute_knn_graph(X, n_neighbors, metric, method=chosen, seed=seed)
             self._store(key, inputs, graph, rows)
-            self._remember(key, graph, rows)
-            return graph, False
+            return graph
 
-    def _remember(self, key: str, graph: KnnGraph, probe: str) -> None:
-        if self.memory_items <= 0:
-            return
-        self._memory[key] = (graph, probe)
-        self._memory.move_to_end(key)
-        while len(self._memory) > self.memory_items:
-            self._memory.popitem(last=False)
+        return self._get_or_make(key, rows, embedding_fingerprint, make)
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.directory / f"{key}.npz", self.directory / f"{key}.json"

@@ -33,6 +33,7 @@ import sklearn.cluster as skc
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from zsclust.cluster._backends import BackendMixin
+from zsclust.cluster._distances import ALIASES, canonical_metric, is_euclidean
 from zsclust.cluster._progress import stage
 from zsclust.errors import ConfigError
 
@@ -40,11 +41,12 @@ BACKENDS = ("auto", "sklearn", "fastcluster", "knn_graph")
 LINEAR_LINKAGES = ("ward", "centroid", "median", "single")
 """Linkages with an exact algorithm in linear memory (fastcluster.linkage_vector)."""
 EUCLIDEAN_ONLY = ("ward", "centroid", "median")
-_FASTCLUSTER_METRIC = {"euclidean": "euclidean", "l2": "euclidean", "l1": "cityblock", "manhattan": "cityblock",
-                       "cityblock": "cityblock", "cosine": "cosine", "chebyshev": "chebychev",
-                       "sqeuclidean": "sqeuclidean", "canberra": "canberra", "braycurtis": "braycurtis"}
-_UMAP_METRIC = {"euclidean": "euclidean", "l2": "euclidean", "l1": "manhattan", "manhattan": "manhattan",
-                "cityblock": "manhattan", "cosine": "cosine", "chebyshev": "chebyshev"}
+_FASTCLUSTER_METRIC = {"euclidean": "euclidean", "cityblock": "cityblock", "cosine": "cosine",
+                       "chebyshev": "chebychev", "sqeuclidean": "sqeuclidean", "canberra": "canberra",
+                       "braycurtis": "braycurtis"}
+"""fastcluster's name for each canonical metric (:func:`~zsclust.cluster._distances.canonical_metric`)."""
+KNN_GRAPH_METRICS = ("euclidean", "cityblock", "cosine", "chebyshev")
+"""Metrics ``backend: knn_graph`` builds its connectivity with (and their aliases)."""
 _F64 = 8
 
 __all__ = ["BACKENDS", "LINEAR_LINKAGES", "LinkageBackendMixin", "cut_tree", "knn_connectivity", "linear_linkage",
@@ -69,11 +71,11 @@ def linear_linkage(X: np.ndarray, linkage: str, metric: str = "euclidean") -> np
     if linkage not in LINEAR_LINKAGES:
         raise ConfigError(f"linkage={linkage!r} has no linear-memory exact algorithm; use one of "
                           f"{', '.join(LINEAR_LINKAGES)}, or backend: knn_graph.")
-    fc_metric = _FASTCLUSTER_METRIC.get(metric)
+    fc_metric = _FASTCLUSTER_METRIC.get(canonical_metric(metric))
     if fc_metric is None or (linkage in EUCLIDEAN_ONLY and fc_metric != "euclidean"):
         raise ConfigError(f"fastcluster: linkage={linkage!r} with metric={metric!r} is not supported; "
                           f"{'/'.join(EUCLIDEAN_ONLY)} need euclidean, single accepts "
-                          f"{', '.join(sorted(_FASTCLUSTER_METRIC))}.")
+                          f"{', '.join(sorted([*_FASTCLUSTER_METRIC, *ALIASES]))}.")
     X = np.ascontiguousarray(X, dtype=np.float64)
     with stage(f"agglomerative ({linkage}, fastcluster, linear memory): {X.shape[0]:,} x {X.shape[1]}",
                X.shape[0]):
@@ -120,8 +122,7 @@ def knn_connectivity(X: np.ndarray, n_neighbors: int, metric: str):
 
     n = X.shape[0]
     k = min(int(n_neighbors) + 1, n)
-    umap_metric = _UMAP_METRIC.get(metric, metric)
-    graph = compute_knn_graph(np.asarray(X, dtype=np.float32), k, umap_metric, method="auto")
+    graph = compute_knn_graph(np.asarray(X, dtype=np.float32), k, metric, method="auto")
     rows = np.repeat(np.arange(n), k)
     cols = graph.indices.ravel()
     ok = (cols >= 0) & (cols != rows)
@@ -203,7 +204,7 @@ class LinkageBackendMixin(BackendMixin):
     def _linear_possible(self) -> bool:
         if self.connectivity is not None or self.linkage not in LINEAR_LINKAGES or not fastcluster_available():
             return False
-        fc = _FASTCLUSTER_METRIC.get(self._metric())
+        fc = _FASTCLUSTER_METRIC.get(canonical_metric(self._metric()))
         return fc is not None and (self.linkage not in EUCLIDEAN_ONLY or fc == "euclidean")
 
     def _check_backend(self) -> None:
@@ -216,7 +217,7 @@ class LinkageBackendMixin(BackendMixin):
             if backend in ("sklearn", "knn_graph"):
                 raise ConfigError(f"{name}: linkage={linkage!r} exists only in the fastcluster backend; use "
                                   f"backend: auto or fastcluster (scikit-learn has ward, complete, average, single).")
-            if self._metric() not in ("euclidean", "l2"):
+            if not is_euclidean(self._metric()):
                 raise ConfigError(f"{name}: linkage={linkage!r} requires metric='euclidean', got {self.metric!r}.")
         if backend == "fastcluster" and not self._linear_possible():
             why = ("connectivity is given" if self.connectivity is not None else
@@ -227,8 +228,9 @@ class LinkageBackendMixin(BackendMixin):
         if backend == "knn_graph":
             if self.connectivity is not None:
                 raise ConfigError(f"{name}: backend='knn_graph' builds its own connectivity; leave connectivity unset.")
-            if self._metric() not in _UMAP_METRIC:
-                raise ConfigError(f"{name}: backend='knn_graph' supports metrics {', '.join(sorted(_UMAP_METRIC))}, "
+            if canonical_metric(self._metric()) not in KNN_GRAPH_METRICS:
+                raise ConfigError(f"{name}: backend='knn_graph' supports metrics "
+                                  f"{', '.join(sorted([*KNN_GRAPH_METRICS, *ALIASES]))}, "
                                   f"got {self.metric!r}.")
 
     def validate_config(self) -> None:

@@ -27,15 +27,25 @@ def _enabled() -> bool:
     return os.environ.get(ENV_PROGRESS, "").strip().lower() not in ("0", "off", "false", "no")
 
 
+_own_handler: logging.Handler | None = None
+
+
 def _ensure_handler() -> None:
-    """Print INFO progress to stderr unless the application set up logging itself."""
-    if log.handlers or logging.getLogger().handlers:
+    """Print INFO progress to stderr unless the application set up logging itself (then, from the moment it
+    does, hand the messages back to its handlers)."""
+    global _own_handler
+    if logging.getLogger().handlers:
+        if _own_handler is not None:
+            log.removeHandler(_own_handler)
+            log.propagate, _own_handler = True, None
         return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[zsclust %(asctime)s] %(message)s", "%H:%M:%S"))
-    log.addHandler(handler)
+    if _own_handler is not None or log.handlers:
+        return
+    _own_handler = logging.StreamHandler(sys.stderr)
+    _own_handler.setFormatter(logging.Formatter("[zsclust %(asctime)s] %(message)s", "%H:%M:%S"))
+    log.addHandler(_own_handler)
     log.setLevel(logging.INFO)
-    log.propagate = False
+    log.propagate = False  # no second copy through a root handler added later (see above)
 
 
 def loud(n_samples: int | None) -> bool:

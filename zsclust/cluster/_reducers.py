@@ -303,6 +303,13 @@ class UMAPReducer(_CheckedReducerMixin, TransformerMixin, BaseEstimator):
                 f"umap: n_components={self.n_components} needs at least {self.n_components + 2} samples "
                 f"for its spectral initialisation, got N={n_samples}. Lower n_components or pass more samples."
             )
+        m = self.fit_subsample
+        if m is not None and n_samples > m and (self.n_neighbors >= m or self.n_components >= m - 1):
+            raise ConfigError(
+                f"umap: fit_subsample={m} fits on {m} of the N={n_samples} samples, too few for "
+                f"n_neighbors={self.n_neighbors} and n_components={self.n_components} (it needs more than "
+                f"{max(self.n_neighbors, self.n_components + 1)}). Raise fit_subsample."
+            )
 
     def fit_memory(self, n: int, d: int) -> tuple[int, str]:
         # input copy, the kNN graph (indices + distances), the fuzzy graph (COO: row, col, value, twice

@@ -59,6 +59,7 @@ class StudyConfig:
     storage: Optional[str] = None  # default: sqlite:///<mlruns>/optuna.db; any RDB URL for many workers
     n_trials: int = 50  # in total, over every worker sharing the study
     timeout: Optional[float] = None  # seconds, per worker
+    workers: int = 1  # processes on this machine sharing the study: this command starts workers - 1 more
     sampler: str = "tpe"
     pruner: str = "median"
     pruner_startup_trials: int = 5
@@ -220,6 +221,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"study.pruner must be one of {', '.join(PRUNERS)}, got '{s.pruner}'.")
     if s.n_trials < 1:
         raise ConfigError(f"study.n_trials must be at least 1, got {s.n_trials}.")
+    if s.workers < 1:
+        raise ConfigError(f"study.workers (processes on this machine sharing the study) must be at least 1, got "
+                          f"{s.workers}.")
     if s.heartbeat_interval < 1 or s.grace_period <= s.heartbeat_interval:
         raise ConfigError(f"study.grace_period ({s.grace_period}) must exceed study.heartbeat_interval "
                           f"({s.heartbeat_interval}), which must be at least 1 second.")

@@ -18,6 +18,8 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
+import socket
 import threading
 import time
 import warnings
@@ -384,6 +386,7 @@ class StudyRunner:
         from optuna.trial import TrialState
 
         with _Heartbeat(self.storage, trial._trial_id, self.cfg.study.heartbeat_interval):
+            trial.set_user_attr("zsclust.worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
             try:
                 value = self.objective(trial)
             except optuna.TrialPruned:
@@ -440,7 +443,7 @@ class StudyRunner:
         name = self.cfg.study.name
         tags = {"zsclust.study": name, "zsclust.role": "trial", "zsclust.trial_state": t.state.name,
                 "optuna.trial_number": t.number, "encoder": self.cfg.encoder.name}
-        for key in ("zsclust.pruned_reason", "zsclust.error"):
+        for key in ("zsclust.pruned_reason", "zsclust.error", "zsclust.worker"):
             if key in t.user_attrs:
                 tags[key] = t.user_attrs[key][:5000]
         if "failed_trial" in t.system_attrs:
