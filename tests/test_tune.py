@@ -336,15 +336,15 @@ def test_study_workers_start_local_processes_that_share_the_study(tmp_path):
 
     # a worker that fails fails the command, naming it; the other workers are stopped
     from zsclust.errors import ZsclustError
-    from zsclust.jobs import _LocalWorkers
+    from zsclust.tune._workers import LocalWorkers
 
     with pytest.raises(ZsclustError, match=r"1 of the study.workers processes failed \(worker 2 \(pid \d+\): exit 3"):
-        with _LocalWorkers([]) as local:
+        with LocalWorkers([]) as local:
             local.procs = [subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])]
             local.wait()
     slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     with pytest.raises(KeyboardInterrupt):
-        with _LocalWorkers([]) as local:
+        with LocalWorkers([]) as local:
             local.procs = [slow]
             raise KeyboardInterrupt
     assert slow.poll() is not None  # stopped, not left running

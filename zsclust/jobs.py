@@ -66,6 +66,7 @@ def tune(cfgs, *, progress: bool = True):
     """
     from .cluster import ReductionCache, Scoring
     from .tune import Objective, SearchSpace, StudyRunner, load_validation_sets, open_storage, reads_labels
+    from .tune._workers import LocalWorkers
 
     spaces = [SearchSpace(c.space, where=f"space of study '{c.study.name}'") for c in cfgs]
     for c in cfgs:
@@ -76,7 +77,7 @@ def tune(cfgs, *, progress: bool = True):
         if loaded[mode] is None:
             return None
     results = []
-    with _LocalWorkers(cfgs) as local:  # after the embedding: the other workers read the val sets from the cache
+    with LocalWorkers(cfgs) as local:  # after the embedding: the other workers read the val sets from the cache
         for cfg, space in zip(cfgs, spaces):
             sets = loaded[reads_labels(cfg)]
             objective = Objective(space, sets, metric=cfg.objective.metric, seed=cfg.seed,
@@ -89,79 +90,6 @@ def tune(cfgs, *, progress: bool = True):
             results.append(runner.run())
         local.wait()
     return results
-
-
-class _LocalWorkers:
-    """``study.workers - 1`` more processes on this machine, each running the same studies (see
-    :mod:`zsclust.tune._study`: they share the storage, so the trial total stays exact, and the reduction
-    cache, so each reduction is fitted once). A worker that fails fails the command; leaving early stops them.
-    """
-
-    def __init__(self, cfgs):
-        self.cfgs, self.procs, self.tmp = cfgs, [], None
-
-    def __enter__(self):
-        import copy
-        import os
-        import pickle
-        import subprocess
-        import sys
-        import tempfile
-
-        from omegaconf import open_dict
-
-        extra = max((int(c.study.workers) for c in self.cfgs), default=1) - 1
-        if extra <= 0:
-            return self
-        cfgs = [copy.deepcopy(c) for c in self.cfgs]
-        for c in cfgs:
-            with open_dict(c):
-                c.study.workers = 1
-                c.embed.progress = False
-        fd, self.tmp = tempfile.mkstemp(prefix="zsclust-tune-", suffix=".pkl")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(cfgs, f)
-        code = "import sys; from zsclust.jobs import _tune_worker; sys.exit(_tune_worker(sys.argv[1]))"
-        print(f"study.workers={extra + 1}: starting {extra} more worker process(es) on this machine", flush=True)
-        self.procs = [subprocess.Popen([sys.executable, "-c", code, self.tmp]) for _ in range(extra)]
-        return self
-
-    def wait(self) -> None:
-        from .errors import ZsclustError
-
-        codes = [p.wait() for p in self.procs]
-        failed = [f"worker {i + 2} (pid {p.pid}): exit {c}" for i, (p, c) in enumerate(zip(self.procs, codes)) if c]
-        if failed:
-            raise ZsclustError(f"{len(failed)} of the study.workers processes failed ({'; '.join(failed)}); their "
-                               "output is above. Run the same command again to finish the studies.")
-
-    def __exit__(self, *exc):
-        import os
-
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=30)
-            except Exception:
-                p.kill()
-        if self.tmp:
-            os.unlink(self.tmp)
-        return False
-
-
-def _tune_worker(path: str) -> int:
-    """One of :class:`_LocalWorkers`' processes: the pickled configs' studies, without a progress bar."""
-    import pickle
-
-    import optuna
-
-    with open(path, "rb") as f:
-        cfgs = pickle.load(f)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tune(cfgs, progress=False)
-    return 0
 
 
 def evaluate_study(study: str, *, storage: str | None = None, overrides=(), embeddings=(), progress: bool = True):
