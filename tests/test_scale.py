@@ -290,16 +290,27 @@ def test_faiss_kmeans_refines_its_start_on_the_sample_at_large_n(monkeypatch):
 
 
 @needs_faiss
-def test_faiss_lloyd_with_bounds_is_scikit_learns_lloyd_from_the_same_start():
-    """Skipping the points that provably keep their centre changes nothing: same start, same iterations,
-    same labels as scikit-learn's full Lloyd."""
+@pytest.mark.parametrize("local_search_max", [0.0, 1.0])  # every search over all centres / over open groups only
+def test_faiss_lloyd_with_bounds_is_scikit_learns_lloyd_from_the_same_start(monkeypatch, local_search_max):
+    """Skipping the points that provably keep their centre (Yinyang's group bounds), and searching only the
+    groups of centres a point could move to, changes nothing: same start, same iterations, same labels and
+    centres as scikit-learn's full Lloyd."""
+    from zsclust.cluster import _faiss
+
+    monkeypatch.setattr(_faiss, "LOCAL_SEARCH_MAX", local_search_max)
+    monkeypatch.setattr(_faiss, "GROUP_SIZE", 4)  # 7 groups of centres
     X, _ = make_blobs(n_samples=5000, centers=30, n_features=12, cluster_std=3.0, random_state=4)
     start = X[np.random.default_rng(0).choice(len(X), 30, replace=False)]
     ref = KMeans(30, init=start, n_init=1, algorithm="lloyd", max_iter=300).fit(X)
+    searched = []
+    real = _faiss._search_near
+    monkeypatch.setattr(_faiss, "_search_near", lambda X, C, starts, rows, *a: searched.append(rows.size) or
+                        real(X, C, starts, rows, *a))
     ours = create_clusterer("kmeans", n_clusters=30, init=start, backend="faiss", max_iter=300).fit(X)
     assert ref.n_iter_ > 10 and abs(ours.n_iter_ - ref.n_iter_) <= 1
-    assert same_partition(ours.labels_, ref.labels_)
+    assert np.array_equal(ours.labels_, ref.labels_)  # the centres keep the start's order
     np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-4, atol=1e-4)
+    assert (len(searched) > 5) == (local_search_max == 1.0)
 
 
 @needs_faiss

@@ -1,9 +1,12 @@
 """K-Means for millions of points: faiss's nearest-centroid search, k-means++ starts, scikit-learn's stopping rule.
 
 ``backend: faiss`` runs Lloyd's algorithm on all the data: each iteration assigns every point to its
-nearest centre with a faiss flat index (exact, BLAS-backed; on the GPU with faiss-gpu), then moves
-each centre to its points' mean (accumulated in float64). Hamerly's bounds skip the points that
-provably keep their centre, so later iterations search only the few points near a boundary. It does *not* use ``faiss.Kmeans``, which
+nearest centre, then moves each centre to its points' mean (accumulated in float64). The assignment is
+Yinyang K-Means' (Ding et al., ICML 2015): the centres form about K/10 groups, and bounds on each point's
+distance to its own centre and to each group skip the points that provably keep their centre and, for the
+others, the groups and centres that cannot be nearer. What is left is searched with faiss's BLAS products
+against all centres (on the GPU with faiss-gpu) while many groups are open, and by a parallel numba loop
+over the open groups' centres once few are; the labels are a full search's. It does *not* use ``faiss.Kmeans``, which
 trains on 256 points per centroid unless told otherwise and stops after a fixed number of iterations:
 here every point counts, and the loop stops like scikit-learn's (labels unchanged, or total centre
 shift below ``tol`` times the mean feature variance, or ``max_iter``). Empty clusters get the points
@@ -17,7 +20,7 @@ took 172 s for 20k x 768 and K=1000; this takes seconds.) ``'random'`` and an ar
 
 Large N: when there are at least :data:`REFINE_FROM` times as many points as the k-means++ sample holds,
 each start is first refined by Lloyd's algorithm on that sample (same stopping rule), and the run on
-all points starts from there. The full-data iterations then begin near a solution, so Hamerly's bounds
+all points starts from there. The full-data iterations then begin near a solution, so the bounds
 skip most points from the second pass on: at 1M x 768 and K=1000 this cuts the full passes that
 dominate the cost (BENCHMARKS.md). The result is still Lloyd's algorithm on every point, stopped by
 scikit-learn's rule; only its starting centres differ from an unrefined k-means++ start.
@@ -54,7 +57,13 @@ INIT_SAMPLE_PER_CLUSTER = 64
 """k-means++ starts are chosen among at most this many points per cluster (a seeded subsample)."""
 REFINE_FROM = 4
 """Refine each start on the k-means++ sample first when N is at least this many times the sample."""
+GROUP_SIZE = 10
+"""Centres per Yinyang group (Ding et al. 2015: K/10 groups)."""
+LOCAL_SEARCH_MAX = 0.1
+"""Search only the open groups' centres (numba) when at most this fraction of groups is open on average;
+all centres (BLAS products) otherwise."""
 _ASSIGN_ROWS = 65_536
+_BLOCK_BYTES = 256 * 2**20  # one block of point-to-centre distances
 _F32, _F64 = 4, 8
 
 __all__ = ["BACKENDS", "KMeansBackendMixin", "faiss_available", "import_faiss", "kmeans_plusplus", "lloyd"]
@@ -133,32 +142,189 @@ def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator, n_
 
 
 class _Assigner:
-    """The two nearest centres of points: a faiss flat L2 index (exact; on the GPU with faiss-gpu)."""
+    """Squared distances from points to every centre in row blocks (faiss's BLAS products; on the GPU with
+    faiss-gpu), reduced at once to what the bounds need: the nearest centre, the distance to it and, per group
+    of centres, the distance to the nearest other centre of the group."""
 
     def __init__(self, faiss, d: int, gpu: bool):
         self.faiss, self.d, self.gpu = faiss, d, gpu
         self.res = faiss.StandardGpuResources() if gpu else None
 
-    def top2(self, X: np.ndarray, C: np.ndarray, rows: np.ndarray | None = None):
-        """(nearest centre, distance to it, distance to the second nearest) of ``X[rows]`` (all rows: None)."""
-        index = self.faiss.IndexFlatL2(self.d)
+    def _sq_distances(self, part: np.ndarray, C: np.ndarray) -> np.ndarray:
         if self.gpu:  # pragma: no cover - needs faiss-gpu
-            index = self.faiss.index_cpu_to_gpu(self.res, 0, index)
-        index.add(np.ascontiguousarray(C, dtype=np.float32))
+            return self.faiss.pairwise_distance_gpu(self.res, part, C)
+        return self.faiss.pairwise_distances(part, C)
+
+    def search(self, X: np.ndarray, C: np.ndarray, starts: np.ndarray, rows: np.ndarray | None = None):
+        """(nearest centre, distance to it, (n, groups) distances to the nearest other centre of each group) of
+        ``X[rows]`` (all rows: None); the groups are the contiguous runs of centres that begin at ``starts``."""
+        C = np.ascontiguousarray(C, dtype=np.float32)
         n = X.shape[0] if rows is None else rows.size
-        k = min(2, C.shape[0])
         labels = np.empty(n, dtype=np.int64)
-        d1 = np.empty(n, dtype=np.float64)
-        d2 = np.full(n, np.inf)
-        for start in range(0, n, _ASSIGN_ROWS):
-            part = X[start:start + _ASSIGN_ROWS] if rows is None else X[rows[start:start + _ASSIGN_ROWS]]
-            D, I = index.search(np.ascontiguousarray(part), k)
-            np.maximum(D, 0, out=D)
-            labels[start:start + len(part)] = I[:, 0]
-            d1[start:start + len(part)] = np.sqrt(D[:, 0])
-            if k > 1:
-                d2[start:start + len(part)] = np.sqrt(D[:, 1])
-        return labels, d1, d2
+        upper = np.empty(n, dtype=np.float64)
+        group_lower = np.empty((n, starts.size), dtype=np.float32)
+        block = max(1, min(_ASSIGN_ROWS, _BLOCK_BYTES // (_F32 * C.shape[0])))
+        ends = np.r_[starts[1:], C.shape[0]].astype(np.int64)
+        for start in range(0, n, block):
+            part = X[start:start + block] if rows is None else X[rows[start:start + block]]
+            stop = start + len(part)
+            _reduce_rows(self._sq_distances(np.ascontiguousarray(part), C), starts.astype(np.int64), ends,
+                         labels[start:stop], upper[start:stop], group_lower[start:stop])
+        return labels, upper, group_lower
+
+
+_REDUCE = None
+
+
+def _reduce_rows(D, starts, ends, labels, upper, group_lower) -> None:
+    """Per row of squared distances ``D``: the nearest centre, the distance to it and, per group, the distance to
+    the nearest other centre of the group (a parallel numba pass over the block; written into the outputs)."""
+    global _REDUCE
+    if _REDUCE is None:
+        import numba
+
+        @numba.njit(parallel=True, cache=True)
+        def reduce_rows(D, starts, ends, labels, upper, group_lower):
+            for r in numba.prange(D.shape[0]):
+                best, arg = np.inf, 0
+                for c in range(D.shape[1]):
+                    if D[r, c] < best:
+                        best, arg = D[r, c], c
+                labels[r] = arg
+                upper[r] = np.sqrt(max(best, 0.0))
+                for g in range(starts.shape[0]):
+                    low = np.inf
+                    for c in range(starts[g], ends[g]):
+                        if c != arg and D[r, c] < low:
+                            low = D[r, c]
+                    group_lower[r, g] = np.sqrt(max(low, 0.0))
+
+        _REDUCE = reduce_rows
+    _REDUCE(D, starts, ends, labels, upper, group_lower)
+
+
+def _centre_groups(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Yinyang's groups: about K / :data:`GROUP_SIZE` groups of nearby centres (a few K-Means iterations on the
+    centres); (an order of the centres that makes each group contiguous, the index where each group starts).
+    The groups only decide which points are searched, never the result."""
+    k = C.shape[0]
+    n_groups = max(1, k // GROUP_SIZE)
+    if n_groups == 1:
+        return np.arange(k), np.zeros(1, dtype=np.int64)
+    groups = skc.KMeans(n_groups, n_init=1, max_iter=5, random_state=0).fit_predict(np.asarray(C, dtype=np.float64))
+    order = np.argsort(groups, kind="stable")
+    present = groups[order]
+    return order, np.flatnonzero(np.r_[True, present[1:] != present[:-1]])
+
+
+_BOUNDS = None
+
+
+def _update_bounds(X, C, starts, upper, labels, moved, group_lower, slack, margin):
+    """Move every point's bounds by how far the centres moved (the upper bound by its own centre's move, each
+    group's lower bound by the group's largest move); where they no longer prove that the point keeps its
+    centre, recompute the upper bound exactly and check again. Returns, per point, the number of groups it
+    must search (0: it provably stays; its own group counts for the others). One parallel numba pass."""
+    global _BOUNDS
+    if _BOUNDS is None:
+        import numba
+
+        @numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+        def update(X, C, group_of, upper, labels, moved, group_lower, drift, slack, margin, out):
+            for i in numba.prange(upper.shape[0]):
+                own = labels[i]
+                u = upper[i] + moved[own]
+                low = np.inf
+                for g in range(group_lower.shape[1]):
+                    v = group_lower[i, g] - drift[g]
+                    group_lower[i, g] = v
+                    low = min(low, v)
+                out[i] = 0
+                if u >= low * (1 - slack) - margin:  # the bounds cross: tighten the upper one
+                    acc = 0.0
+                    for j in range(X.shape[1]):
+                        t = np.float64(X[i, j]) - np.float64(C[own, j])
+                        acc += t * t
+                    u = np.sqrt(acc)
+                    if u >= low * (1 - slack) - margin:
+                        n_open = 0
+                        for g in range(group_lower.shape[1]):
+                            if g == group_of[own] or group_lower[i, g] * (1 - slack) - margin <= u:
+                                n_open += 1
+                        out[i] = n_open
+                upper[i] = u
+
+        _BOUNDS = update
+    k = C.shape[0]
+    group_of = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, k]))
+    drift = np.maximum.reduceat(moved, starts).astype(np.float32)
+    out = np.empty(upper.shape[0], dtype=np.int32)
+    _BOUNDS(X, C, group_of, upper, labels, moved, group_lower, drift, slack, margin, out)
+    return out
+
+
+_NEAR = None
+
+
+def _search_near(X, C, starts, rows, labels, upper, group_lower, moved, slack, margin) -> np.ndarray:
+    """Yinyang's local search for ``X[rows]`` (their bounds just moved by ``moved``, their upper bound exact):
+    distances only to the centres that could be nearer than the best found so far, by their group's bound
+    before the move less their own move; updates ``upper`` and ``group_lower`` of those rows in place and
+    returns their new labels. A parallel numba loop: per distance slower than a BLAS product, so it pays
+    only when few groups are left to search (see ``lloyd``)."""
+    global _NEAR
+    if _NEAR is None:
+        import numba
+
+        # reassociation lets the distance loop vectorise; no 'nnan'/'ninf': empty groups' bounds are inf
+        @numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+        def near(X, C, starts, ends, group_of, rows, labels, upper, group_lower, moved, drift, slack, margin, out):
+            n_groups = starts.shape[0]
+            for t in numba.prange(rows.shape[0]):
+                i = rows[t]
+                own = labels[i]
+                own_group = group_of[own]
+                second = np.empty(n_groups, dtype=np.float32)
+                best, best_c, best_g = upper[i], own, own_group
+                for g in range(n_groups):
+                    if g != own_group and group_lower[i, g] * (1 - slack) - margin > best:
+                        continue  # every centre of g is farther than the best so far
+                    before = group_lower[i, g] + drift[g]  # the group's bound before the centres moved
+                    m1, m2, skipped = np.inf, np.inf, np.inf
+                    for c in range(starts[g], ends[g]):
+                        if c == own:
+                            dist = upper[i]
+                        else:
+                            bound = before - moved[c]
+                            if bound * (1 - slack) - margin > best:
+                                skipped = min(skipped, bound)
+                                continue
+                            acc = np.float32(0.0)
+                            for j in range(X.shape[1]):
+                                d = X[i, j] - C[c, j]
+                                acc += d * d
+                            dist = np.sqrt(acc)
+                        if dist < m1:
+                            m2, m1 = m1, dist
+                        elif dist < m2:
+                            m2 = dist
+                        if dist < best:
+                            best, best_c, best_g = dist, c, g
+                    group_lower[i, g] = min(m1, skipped)
+                    second[g] = min(m2, skipped)
+                group_lower[i, best_g] = second[best_g]  # the new own centre bounds nothing
+                upper[i] = best
+                out[t] = best_c
+
+        _NEAR = near
+    k = C.shape[0]
+    ends = np.r_[starts[1:], k].astype(np.int64)
+    group_of = np.repeat(np.arange(starts.size), ends - starts)
+    drift = np.maximum.reduceat(moved, starts)
+    out = np.empty(rows.size, dtype=np.int64)
+    _NEAR(X, np.ascontiguousarray(C, dtype=np.float32), starts.astype(np.int64), ends, group_of,
+          rows.astype(np.int64), labels, upper, group_lower, moved, drift, np.float32(slack), np.float32(margin), out)
+    return out
 
 
 _OWN_DISTANCE = None
@@ -225,20 +391,21 @@ def lloyd(X: np.ndarray, centers: np.ndarray, *, max_iter: int, tol: float, assi
           desc: str = "k-means (faiss)"):
     """Lloyd's algorithm from ``centers`` with scikit-learn's stopping rule; (centres, labels, inertia, n_iter).
 
-    Each assignment step skips the points that provably keep their centre (Hamerly's bounds: an upper
-    bound on the distance to their own centre, a lower bound on the distance to any other, moved by how
-    far the centres moved): the same assignments as a full search (up to float32 ties), most points
-    skipped once the centres settle.
+    Each assignment step skips the points that provably keep their centre (Yinyang K-Means' global filter,
+    Ding et al. 2015: an upper bound on the distance to their own centre and, per group of nearby centres, a
+    lower bound on the distance to any other centre of the group, moved by how far the centres moved): the
+    same assignments as a full search (up to float32 ties), most points skipped once the centres settle.
     """
     k = centers.shape[0]
     tol_abs = _mean_variance(X) * tol
-    C = np.asarray(centers, dtype=np.float64)
-    # faiss's float32 distances (|x|^2 + |c|^2 - 2 x.c) may be off by about eps * (|x|^2 + |c|^2) squared:
-    # a bound must clear that margin (and a relative one) before a point is skipped
+    order, starts = _centre_groups(centers)  # centres are kept in group order inside the loop
+    C = np.asarray(centers, dtype=np.float64)[order]
+    # float32 squared distances (|x|^2 + |c|^2 - 2 x.c) may be off by about eps * (|x|^2 + |c|^2): a bound
+    # must clear that margin (and a relative one) before a point is skipped
     norm2 = max(float(np.einsum("ij,ij->i", X[i:i + _ASSIGN_ROWS], X[i:i + _ASSIGN_ROWS], dtype=np.float64).max())
                 for i in range(0, X.shape[0], _ASSIGN_ROWS))
     margin = float(np.sqrt(16 * np.finfo(np.float32).eps * max(norm2, float((C ** 2).sum(axis=1).max()))))
-    labels, upper, lower = assign.top2(X, C)
+    labels, upper, group_lower = assign.search(X, C, starts)
     sums, counts = _centre_sums(X, labels, k)  # kept up to date as points move
     n_iter = 0
     with bar(max_iter, desc, verbose_n, unit="iter") as progress:
@@ -256,28 +423,28 @@ def lloyd(X: np.ndarray, centers: np.ndarray, *, max_iter: int, tol: float, assi
             C32 = C.astype(np.float32)
             progress.update(1)
             # assignment with the new centres: only points whose bounds cross are searched again
-            upper += moved[labels]
-            top = int(np.argmax(moved))
-            second = float(np.partition(moved, -2)[-2]) if k > 1 else 0.0
-            lower -= np.where(labels == top, second, moved[top])
-            check = np.flatnonzero(upper >= lower * (1 - _SLACK) - margin)
+            n_open = _update_bounds(X, C32, starts, upper, labels, moved, group_lower, _SLACK, margin)
+            search = np.flatnonzero(n_open)
             changed = 0
-            if check.size:
-                upper[check] = _distance_to(X, C32, check, labels[check])
-                search = check[upper[check] >= lower[check] * (1 - _SLACK) - margin]
-                if search.size:
-                    new_labels, upper[search], lower[search] = assign.top2(X, C32, search)
-                    moving = new_labels != labels[search]
-                    changed = int(moving.sum())
-                    if changed:
-                        rows = search[moving]
-                        _move(sums, counts, X, rows, labels[rows], new_labels[moving])
-                        labels[rows] = new_labels[moving]
+            if search.size:
+                if not assign.gpu and n_open[search].mean() <= LOCAL_SEARCH_MAX * starts.size:
+                    new_labels = _search_near(X, C32, starts, search, labels, upper, group_lower, moved, _SLACK,
+                                               margin)
+                else:
+                    new_labels, upper[search], group_lower[search] = assign.search(X, C32, starts, search)
+                moving = new_labels != labels[search]
+                changed = int(moving.sum())
+                if changed:
+                    rows = search[moving]
+                    _move(sums, counts, X, rows, labels[rows], new_labels[moving])
+                    labels[rows] = new_labels[moving]
             if changed == 0 or shift <= tol_abs:  # strict convergence, or scikit-learn's tolerance
                 break
     C32 = C.astype(np.float32)
     d_own = _distance_to(X, C32, np.arange(X.shape[0]), labels)
-    return C32, labels, float((d_own ** 2).sum()), n_iter
+    centres = np.empty_like(C32)
+    centres[order] = C32
+    return centres, order[labels], float((d_own ** 2).sum()), n_iter
 
 
 class KMeansBackendMixin(BackendMixin):
@@ -314,8 +481,10 @@ class KMeansBackendMixin(BackendMixin):
             return reference(n, d)
         k = int(self.get_params().get("n_clusters") or 8)
         if backend == "faiss":
-            # a float32 copy of X, labels and distances, one float64 block for the means, the centres
-            return (n * d * _F32 + n * 16 + _ASSIGN_ROWS * d * _F64 + 4 * k * d * _F64,
+            # a float32 copy of X, labels and bounds (one per group of centres), one block of distances and one
+            # float64 block for the means, the centres
+            groups = max(1, k // GROUP_SIZE)
+            return (n * d * _F32 + n * (16 + groups * _F32) + _BLOCK_BYTES + _ASSIGN_ROWS * d * _F64 + 4 * k * d * _F64,
                     "faiss k-means (linear in N)")
         return n * d * _F32, "cuML k-means (host copy; GPU memory not counted)"
 
