@@ -40,9 +40,11 @@ import importlib.util
 import math
 import os
 import sys
+import warnings
 
 import numpy as np
 import sklearn.cluster as skc
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 
@@ -211,7 +213,9 @@ def _centre_groups(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n_groups = max(1, k // GROUP_SIZE)
     if n_groups == 1:
         return np.arange(k), np.zeros(1, dtype=np.int64)
-    groups = skc.KMeans(n_groups, n_init=1, max_iter=5, random_state=0).fit_predict(np.asarray(C, dtype=np.float64))
+    with warnings.catch_warnings():  # duplicate starting centres make fewer distinct groups: harmless here
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        groups = skc.KMeans(n_groups, n_init=1, max_iter=5, random_state=0).fit_predict(np.asarray(C, dtype=np.float64))
     order = np.argsort(groups, kind="stable")
     present = groups[order]
     return order, np.flatnonzero(np.r_[True, present[1:] != present[:-1]])
