@@ -66,12 +66,24 @@ reduction_cache: {tmp / 'reductions'}
     return {"tmp": tmp, "folders": folders, "config": config, "weights": tiny_weights, "env": env}
 
 
+_POLL_ERRORS: list[str] = []
+
+
 def _finished_jobs(db: Path) -> int:
+    """FINISHED job runs in the sweep's MLflow database: a plain connection that waits up to 5 s for a write in
+    progress. (A read-only connection with a 1 s wait once read nothing during a whole sweep on CI, and the
+    cancel came too late; the errors are now kept for the assertion message.)"""
+    if not db.exists():
+        return 0
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+        con = sqlite3.connect(str(db), timeout=5)
+        try:
             return con.execute("select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
                                "where r.status = 'FINISHED' and t.key = 'zsclust.job'").fetchone()[0]
-    except sqlite3.OperationalError:  # not created yet, or a write in progress
+        finally:
+            con.close()
+    except sqlite3.OperationalError as e:  # tables not created yet, or the database busy for 5 s
+        _POLL_ERRORS.append(str(e))
         return 0
 
 
@@ -118,7 +130,8 @@ def test_embed_script_then_sweep_script_cancelled_and_resubmitted(slurm_cluster,
     slurm_cluster.cancel(job)
     slurm_cluster.wait(job, timeout=120)
     done_before = _finished_jobs(db)
-    assert 1 <= done_before < n_jobs, f"the sweep finished before it could be cancelled:\n{first_out.read_text()}"
+    assert 1 <= done_before < n_jobs, (f"the sweep finished before it could be cancelled (polling errors: "
+                                       f"{sorted(set(_POLL_ERRORS))}):\n{first_out.read_text()}")
 
     job = slurm_cluster.sbatch(LAUNCH / "slurm_sweep.sbatch", config,
                                options=(*CPU, *tasks, f"--output={second_out}"), env=env, cwd=tmp)

@@ -215,7 +215,8 @@ def _centre_groups(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.arange(k), np.zeros(1, dtype=np.int64)
     with warnings.catch_warnings():  # duplicate starting centres make fewer distinct groups: harmless here
         warnings.simplefilter("ignore", ConvergenceWarning)
-        groups = skc.KMeans(n_groups, n_init=1, max_iter=5, random_state=0).fit_predict(np.asarray(C, dtype=np.float64))
+        grouping = skc.KMeans(n_groups, n_init=1, max_iter=5, random_state=0).fit(np.asarray(C, dtype=np.float64))
+    groups = grouping.labels_
     order = np.argsort(groups, kind="stable")
     present = groups[order]
     return order, np.flatnonzero(np.r_[True, present[1:] != present[:-1]])
