@@ -41,11 +41,17 @@ def grid(tmp_path_factory, tiny_weights):
     bin_dir.mkdir()
     shim = bin_dir / "zsclust"
     shim.write_text(f"#!/bin/sh\nexport PYTHONPATH={REPO}:{bin_dir}\nexec {sys.executable} -m zsclust \"$@\"\n")
-    # A clusterer that takes its time, so a cancel lands mid-sweep on any machine (imported by path).
+    # A clusterer that holds the sweep until the test says so, so a cancel lands mid-sweep on any machine
+    # (imported by path): its first fit runs at once; later ones wait (at most 120 s) for the file "slow-gate".
     (bin_dir / "slowfit.py").write_text(
-        "import time\nfrom sklearn.cluster import KMeans\n\n"
+        "import os, time\nfrom pathlib import Path\nfrom sklearn.cluster import KMeans\n\n"
+        "HERE = Path(__file__).parent\n\n"
         "class SlowKMeans(KMeans):\n    def fit(self, X, y=None, sample_weight=None):\n"
-        "        time.sleep(20)\n        return super().fit(X, y, sample_weight)\n")
+        "        try:\n            os.close(os.open(HERE / 'slow-first', os.O_CREAT | os.O_EXCL))\n"
+        "        except FileExistsError:\n            deadline = time.time() + 120\n"
+        "            while not (HERE / 'slow-gate').exists() and time.time() < deadline:\n"
+        "                time.sleep(0.2)\n"
+        "        return super().fit(X, y, sample_weight)\n")
     shim.chmod(0o755)
     config = tmp / "sweep.yaml"
     config.write_text(f"""
@@ -118,8 +124,11 @@ def test_embed_script_then_sweep_script_cancelled_and_resubmitted(slurm_cluster,
     assert manifest["num_embedded"] == 24 and manifest["dataset"]["name"] == "toyA"
 
     first_out, second_out = tmp / "sweep-1.out", tmp / "sweep-2.out"
-    # The grid plus one slow job per cell (it sleeps 20 s): the first cell's quick jobs finish, then the
-    # cancel lands while the slow one runs, however fast the machine.
+    # The grid plus one gated job per cell: the first runs, the second waits for the gate, so the cancel lands
+    # mid-sweep (after at least one finished job) however fast or slow the machine; the gate opens for the rerun.
+    gate_dir = Path(grid["env"]["PATH"].split(":")[0])
+    for name in ("slow-first", "slow-gate"):
+        (gate_dir / name).unlink(missing_ok=True)
     config = tmp / "sweep-slow.yaml"
     config.write_text(grid["config"].read_text()
                       + "jobs: {slow: {clusterer: {name: slowfit.SlowKMeans, n_clusters: 3, n_init: 1}}}\n")
@@ -133,6 +142,7 @@ def test_embed_script_then_sweep_script_cancelled_and_resubmitted(slurm_cluster,
     assert 1 <= done_before < n_jobs, (f"the sweep finished before it could be cancelled (polling errors: "
                                        f"{sorted(set(_POLL_ERRORS))}):\n{first_out.read_text()}")
 
+    (gate_dir / "slow-gate").touch()
     job = slurm_cluster.sbatch(LAUNCH / "slurm_sweep.sbatch", config,
                                options=(*CPU, *tasks, f"--output={second_out}"), env=env, cwd=tmp)
     slurm_cluster.wait(job, timeout=300)
