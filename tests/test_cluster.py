@@ -371,6 +371,31 @@ def test_cache_hit_and_misses(tmp_path, blobs):
     assert not list(tmp_path.joinpath("red").glob("*.tmp"))
 
 
+def test_cache_passes_over_a_reduction_another_process_is_fitting(tmp_path, blobs):
+    """``wait=False``: workers fit different reductions side by side instead of queueing for one."""
+    import subprocess
+    import sys
+
+    X, _ = blobs
+    cache = ReductionCache(tmp_path / "red")
+    key = cache.key(PCA4, X, embedding_fingerprint="fp1", seed=0)
+    holder = subprocess.Popen(  # another process holding the entry's lock, as a worker fitting it does
+        [sys.executable, "-c", "import sys; from zsclust._locks import FileLock\n"
+         "with FileLock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.readline()",
+         str(tmp_path / "red" / f".{key}.lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert cache.get_or_fit(PCA4, X, embedding_fingerprint="fp1", seed=0, wait=False) is None
+        other, hit = cache.get_or_fit(["zscore", {"name": "pca", "n_components": 3}], X, embedding_fingerprint="fp1",
+                                      seed=0, wait=False)  # another reduction is free
+        assert not hit and other.shape == (240, 3)
+    finally:
+        holder.communicate("\n", timeout=30)
+    a, hit = cache.get_or_fit(PCA4, X, embedding_fingerprint="fp1", seed=0, wait=False)
+    assert not hit and a.shape == (240, 4)
+    assert cache.get_or_fit(PCA4, X, embedding_fingerprint="fp1", seed=0, wait=False)[1]
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "flip", "no sidecar", "bad sidecar"])
 def test_cache_treats_a_damaged_entry_as_a_miss_and_rewrites_it(damage, tmp_path, blobs):
     X, _ = blobs

@@ -215,3 +215,46 @@ def test_scoring_never_touches_torchs_process_wide_dtype():
         stop.set()
         worker.join()
     assert dtypes == {torch.float32}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kept_distances_give_scikit_learns_silhouette(dtype, monkeypatch):
+    """Every clustering of one named space reuses its distances; each score is still scikit-learn's."""
+    from zsclust.cluster import _silhouette
+
+    _silhouette.clear_cache()
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((400, 30)) + 3 * rng.integers(0, 5, 400)[:, None]).astype(dtype)
+    labelings = [rng.integers(0, k, 400) for k in (2, 5, 40)]
+    singles = rng.integers(0, 5, 400)
+    singles[[0, 1]] = [7, 8]  # points alone in their cluster score 0
+    noisy = np.where(np.arange(400) % 6 == 0, -1, singles)
+    for labels in labelings + [singles, noisy]:
+        got = score_embedding(X, labels, sample_size=None, cache_key="X")["silhouette"]
+        assert got == pytest.approx(skm.silhouette_score(X, labels), abs=1e-6)
+    assert list(_silhouette._cache) == ["X:400x30"] and _silhouette._cache["X:400x30"][0] is None  # all points
+    assert _silhouette._cache["X:400x30"][1].dtype == dtype
+    keep = noisy != -1  # the clustered points only: rows of the kept matrix
+    got = score_embedding(X, noisy, sample_size=None, noise="exclude", cache_key="X")["silhouette"]
+    assert got == pytest.approx(skm.silhouette_score(X[keep], noisy[keep]), abs=1e-6)
+    idx = np.sort(np.random.default_rng(5).choice(400, 150, replace=False))  # a seeded subsample
+    got = score_embedding(X, labelings[1], sample_size=150, random_state=5, cache_key="X")["silhouette"]
+    assert got == pytest.approx(skm.silhouette_score(X[idx], labelings[1][idx]), abs=1e-6)
+
+    # a space too big to keep whole: only the scored rows are kept, and other rows are a new matrix
+    _silhouette.clear_cache()
+    monkeypatch.setattr(_silhouette, "CACHE_BYTES", 2 * 150 * 150 * X.itemsize + 1)
+    got = score_embedding(X, labelings[1], sample_size=150, random_state=5, cache_key="X")["silhouette"]
+    assert got == pytest.approx(skm.silhouette_score(X[idx], labelings[1][idx]), abs=1e-6)
+    assert np.array_equal(_silhouette._cache["X:400x30"][0], idx)
+    other = np.sort(np.random.default_rng(6).choice(400, 150, replace=False))
+    got = score_embedding(X, labelings[1], sample_size=150, random_state=6, cache_key="X")["silhouette"]
+    assert got == pytest.approx(skm.silhouette_score(X[other], labelings[1][other]), abs=1e-6)
+    assert np.array_equal(_silhouette._cache["X:400x30"][0], other)
+
+    # a matrix over the memory budget: scikit-learn's chunked computation, nothing kept
+    _silhouette.clear_cache()
+    monkeypatch.setattr(_silhouette, "CACHE_BYTES", 1000)
+    got = score_embedding(X, labelings[2], sample_size=None, cache_key="X")["silhouette"]
+    assert got == pytest.approx(skm.silhouette_score(X, labelings[2]), abs=1e-6)
+    assert not _silhouette._cache

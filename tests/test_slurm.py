@@ -135,7 +135,11 @@ def test_embed_script_then_sweep_script_cancelled_and_resubmitted(slurm_cluster,
     n_jobs = 2 * (len(CLUSTERERS) + 1)
     job = slurm_cluster.sbatch(LAUNCH / "slurm_sweep.sbatch", config,
                                options=(*CPU, *tasks, f"--output={first_out}"), env=env, cwd=tmp)
-    slurm_cluster.wait(job, timeout=300, until=lambda: _finished_jobs(db) >= 1 or not slurm_cluster.states(job))
+    try:  # a loaded machine once took 300 s to the first finished job
+        slurm_cluster.wait(job, timeout=600, until=lambda: _finished_jobs(db) >= 1 or not slurm_cluster.states(job))
+    except AssertionError as e:
+        sweep_log = first_out.read_text() if first_out.exists() else "(none yet)"
+        raise AssertionError(f"{e}\n--- sweep output\n{sweep_log}\npolling errors: {sorted(set(_POLL_ERRORS))}") from None
     slurm_cluster.cancel(job)
     slurm_cluster.wait(job, timeout=120)
     done_before = _finished_jobs(db)

@@ -19,14 +19,18 @@ class FileLock:
     """An exclusive ``flock`` on ``path`` (created if needed); ``None`` gives a lock that does nothing.
 
     ``flock`` is released by the kernel when its process dies, so a killed worker never leaves a
-    lock behind. Not reentrant.
+    lock behind. Not reentrant. With ``wait=False`` entering never blocks: ``acquired`` says whether
+    this process holds the lock (False while another one does).
     """
 
-    def __init__(self, path: str | os.PathLike | None):
+    def __init__(self, path: str | os.PathLike | None, *, wait: bool = True):
         self.path = Path(path) if path is not None else None
+        self.wait = wait
+        self.acquired = False
         self._fh = None
 
     def __enter__(self):
+        self.acquired = True
         if self.path is None or fcntl is None:
             return self
         try:
@@ -35,10 +39,16 @@ class FileLock:
         except OSError:  # a read-only cache: nothing to protect
             self._fh = None
             return self
-        fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            self._fh.close()
+            self._fh = None
+            self.acquired = False
         return self
 
     def __exit__(self, *exc):
+        self.acquired = False
         if self._fh is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)

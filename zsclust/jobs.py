@@ -84,12 +84,28 @@ def tune(cfgs, *, progress: bool = True):
                                   reduction_cache=ReductionCache(reduction_cache_dir(cfg),
                                                                  memory_items=2 * len(sets) + 2),
                                   scoring=Scoring.from_config(cfg.evaluation))
-            objective.prepare(progress=progress)
+            objective.prepare(progress=progress, reducers=grid_reducers(cfg, space))
             runner = StudyRunner(cfg, space, objective, tracker_factory=lambda cfg=cfg: make_tracker(cfg),
                                  progress=progress)
             results.append(runner.run())
         local.wait()
     return results
+
+
+def grid_reducers(cfg, space) -> list[dict]:
+    """The distinct reductions a grid study's trials will fit (each is fitted before the first trial); none
+    for other samplers, or a grid larger than ``study.n_trials``, whose trials may never need some of them."""
+    if cfg.study.sampler != "grid":
+        return []
+    grid = space.grid()
+    if int(cfg.study.n_trials) < len(grid):
+        return []
+    nodes = {}
+    for params in grid:
+        node = space.build(params)[0]
+        if node and dict(node) != {"name": "none"}:
+            nodes.setdefault(repr(sorted(dict(node).items())), dict(node))
+    return list(nodes.values())
 
 
 def evaluate_study(study: str, *, storage: str | None = None, overrides=(), embeddings=(), progress: bool = True):

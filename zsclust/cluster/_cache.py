@@ -137,18 +137,21 @@ class ReductionCache(KeyedStore):
         return self.directory / f"{key}.npy", self.directory / f"{key}.json"
 
     # -- main entry --------------------------------------------------------------------------------
-    def get_or_fit(self, reducer_spec, X, *, embedding_fingerprint: str, seed: int) -> tuple[np.ndarray, bool]:
+    def get_or_fit(self, reducer_spec, X, *, embedding_fingerprint: str, seed: int,
+                   wait: bool = True) -> tuple[np.ndarray, bool] | None:
         """The reduced ``X`` and whether it came from the cache.
 
         On a miss the reducer ``create_reducer(reducer_spec, random_state=seed)`` is fitted on ``X``
         and the result stored. On a hit only 64 rows of ``X`` are read (see the module docstring).
-        ``reducer_spec`` is a spec (name, mapping or list), not a built estimator.
+        ``reducer_spec`` is a spec (name, mapping or list), not a built estimator. With ``wait=False``
+        the answer is ``None`` while another process is fitting the same reduction (workers use it to
+        fit different reductions side by side).
         """
         X = np.asarray(X)
         key, inputs, graph = self._keyed(reducer_spec, X, embedding_fingerprint, seed)
         x_probe = probe(X) if X.ndim == 2 else ""
         return self._get_or_make(key, x_probe, embedding_fingerprint,
-                                 lambda: self._fit(key, inputs, reducer_spec, X, x_probe, seed, graph))
+                                 lambda: self._fit(key, inputs, reducer_spec, X, x_probe, seed, graph), wait=wait)
 
     def _fit(self, key: str, inputs: dict, reducer_spec, X: np.ndarray, probe: str, seed: int,
              graph_request: dict | None = None) -> np.ndarray:

@@ -177,8 +177,11 @@ def job_params(job: JobSpec, n_classes: int | None, seed: int) -> dict[str, Any]
 # -- the work ----------------------------------------------------------------------------------------
 
 
-def reduce(data: JobData, node: Mapping | None, *, seed: int, cache=None) -> tuple[np.ndarray, bool]:
-    """``data.X`` reduced by ``node`` (through the cache when there is one) and whether it was a hit."""
+def reduce(data: JobData, node: Mapping | None, *, seed: int, cache=None,
+           wait: bool = True) -> tuple[np.ndarray, bool] | None:
+    """``data.X`` reduced by ``node`` (through the cache when there is one) and whether it was a hit.
+
+    ``wait=False`` (with a cache): ``None`` while another process is fitting the same reduction."""
     from ._reducers import create_reducer
 
     if is_identity(node):
@@ -186,7 +189,7 @@ def reduce(data: JobData, node: Mapping | None, *, seed: int, cache=None) -> tup
     spec = reducer_spec(node)
     if cache is None:
         return np.asarray(create_reducer(spec, random_state=seed).fit_transform(data.X)), False
-    return cache.get_or_fit(spec, data.X, embedding_fingerprint=data.fingerprint, seed=seed)
+    return cache.get_or_fit(spec, data.X, embedding_fingerprint=data.fingerprint, seed=seed, wait=wait)
 
 
 def label_free_space(data: JobData, scoring: Scoring, cache=None) -> np.ndarray:
@@ -254,11 +257,13 @@ def score(data: JobData, pred: np.ndarray, Xr: np.ndarray, scoring: Scoring, *, 
         m["n_clusters"] = float(np.unique(pred[pred >= 0]).size)
         m["noise_fraction"] = float((pred < 0).mean())
     kw = dict(sample_size=scoring.sample_size, random_state=scoring.umap_seed, noise=scoring.noise)
+    # the raw and label-free spaces are the same for every job on ``data``: their distances are kept
     if "raw" in scoring.silhouette_spaces:
-        raw = score_embedding(data.X, pred, **kw)
+        raw = score_embedding(data.X, pred, cache_key=f"{data.fingerprint}:raw", **kw)
         m.update({k: raw[k] for k in ("silhouette", "davies_bouldin", "calinski_harabasz")})
     if "reduced" in scoring.silhouette_spaces and reduced:
         m[SILHOUETTE_KEYS["reduced"]] = score_embedding(Xr, pred, **kw)["silhouette"]
     if "umap50" in scoring.silhouette_spaces and umap50 is not None:
-        m[SILHOUETTE_KEYS["umap50"]] = umap_silhouette(data.X, pred, X_reduced=umap50, **kw)
+        m[SILHOUETTE_KEYS["umap50"]] = umap_silhouette(data.X, pred, X_reduced=umap50, **kw,
+                                                       cache_key=f"{data.fingerprint}:umap50:{scoring.umap_seed}")
     return m

@@ -36,6 +36,7 @@ import math
 
 import numpy as np
 
+from zsclust.cluster._distances import is_euclidean
 from zsclust.errors import InvalidDataError
 
 __all__ = [
@@ -138,19 +139,30 @@ def _sample(n: int, sample_size: int | None, random_state) -> np.ndarray | None:
     return np.sort(np.random.default_rng(random_state).choice(n, size=sample_size, replace=False))
 
 
-def _silhouette(X: np.ndarray, labels: np.ndarray, *, sample_size, random_state, metric="euclidean") -> float:
+def _scored_rows(labels: np.ndarray, noise_label, noise: str, sample_size, random_state) -> np.ndarray:
+    """The points a silhouette scores: every point (noise as a label) or the clustered ones, then a seeded
+    subsample of ``sample_size`` of them when there are more."""
+    rows = np.arange(labels.size) if noise == "label" else np.flatnonzero(labels != noise_label)
+    idx = _sample(rows.size, sample_size, random_state)
+    return rows if idx is None else rows[idx]
+
+
+def _silhouette(X: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, metric="euclidean", space=None) -> float:
+    if is_euclidean(metric):
+        from ._silhouette import euclidean_silhouette
+
+        return euclidean_silhouette(X, labels, rows, space=space)
     from sklearn.metrics import silhouette_score
 
-    idx = _sample(X.shape[0], sample_size, random_state)
-    if idx is not None:
-        X, labels = X[idx], labels[idx]
+    X, labels = X[rows], labels[rows]
     k = np.unique(labels).size
     if not 2 <= k <= X.shape[0] - 1:
         return math.nan
     return float(silhouette_score(X, labels, metric=metric))
 
 
-def _prepare_embedding(X, labels_pred, noise_label, noise: str) -> tuple[np.ndarray, np.ndarray]:
+def _prepare_embedding(X, labels_pred, noise: str) -> tuple[np.ndarray, np.ndarray]:
+    """``X`` checked, and the predicted labels as int codes (noise keeps its -1)."""
     from zsclust.cluster._validation import check_embeddings
     from zsclust.errors import ConfigError
 
@@ -160,10 +172,7 @@ def _prepare_embedding(X, labels_pred, noise_label, noise: str) -> tuple[np.ndar
     labels = _codes(labels_pred, "labels_pred")
     if labels.size != X.shape[0]:
         raise InvalidDataError(f"X has {X.shape[0]} rows but labels_pred has {labels.size} labels.")
-    if noise == "label":
-        return X, labels
-    keep = labels != noise_label
-    return X[keep], labels[keep]
+    return X, labels
 
 
 def score_embedding(
@@ -175,26 +184,31 @@ def score_embedding(
     noise_label: int = NOISE,
     metric: str = "euclidean",
     noise: str = "label",
+    cache_key: str | None = None,
 ) -> dict[str, float]:
     """Label-free quality of a clustering of ``X``: silhouette, Davies-Bouldin, Calinski-Harabasz.
 
     Noise is one more label, or left out with ``noise="exclude"``. Silhouette uses a seeded
     subsample of ``sample_size`` points when there are more (None: all points). A score that is
     undefined (fewer than 2 clusters, or as many clusters as points) is NaN, not an exception.
+    ``cache_key`` names ``X``'s contents (a fingerprint): the next clustering of the same ``X`` then
+    reuses its pairwise distances (:mod:`zsclust.cluster._silhouette`).
     """
-    X, labels = _prepare_embedding(X, labels_pred, noise_label, noise)
-    n = X.shape[0]
-    k = np.unique(labels).size
+    X, labels = _prepare_embedding(X, labels_pred, noise)
+    Xk, lk = (X, labels) if noise == "label" else (X[labels != noise_label], labels[labels != noise_label])
+    n = Xk.shape[0]
+    k = np.unique(lk).size
     out = {"silhouette": math.nan, "davies_bouldin": math.nan, "calinski_harabasz": math.nan,
            "n_scored": int(n), "silhouette_sample_size": int(min(n, sample_size or n))}
     if not 2 <= k <= n - 1:
         return out
-    out["silhouette"] = _silhouette(X, labels, sample_size=sample_size, random_state=random_state, metric=metric)
+    rows = _scored_rows(labels, noise_label, noise, sample_size, random_state)
+    out["silhouette"] = _silhouette(X, labels, rows, metric=metric, space=cache_key)
     from sklearn import metrics as skm
 
-    X64 = np.asarray(X, dtype=np.float64)
-    out["davies_bouldin"] = float(skm.davies_bouldin_score(X64, labels))
-    out["calinski_harabasz"] = float(skm.calinski_harabasz_score(X64, labels))
+    X64 = np.asarray(Xk, dtype=np.float64)
+    out["davies_bouldin"] = float(skm.davies_bouldin_score(X64, lk))
+    out["calinski_harabasz"] = float(skm.calinski_harabasz_score(X64, lk))
     return out
 
 
@@ -208,6 +222,7 @@ def umap_silhouette(
     noise_label: int = NOISE,
     noise: str = "label",
     reducer_params: dict | None = None,
+    cache_key: str | None = None,
 ) -> float:
     """The study's label-free proxy: silhouette of the predicted labels in one fixed UMAP-50 space.
 
@@ -215,7 +230,8 @@ def umap_silhouette(
     ``reducer_params``) fitted on all of the original embeddings ``X`` with its own seed
     (``random_state``, the study's 42), independent of the clustering's reduction, so every
     clustering of ``X`` is judged in the same space. Pass ``X_reduced`` (that space, e.g. from
-    :class:`~zsclust.cluster.ReductionCache`) to skip the fit. Noise is one more label, as in the
+    :class:`~zsclust.cluster.ReductionCache`) to skip the fit, and ``cache_key`` (naming that space)
+    to reuse its pairwise distances in the next call. Noise is one more label, as in the
     study (``noise="exclude"`` leaves it out). NaN when fewer than 2 labels remain.
     """
     if X_reduced is None:
@@ -223,8 +239,9 @@ def umap_silhouette(
 
         params = {**STUDY_UMAP, "random_state": random_state, **(reducer_params or {})}
         X_reduced = UMAPReducer(**params).fit_transform(X)
-    Z, labels = _prepare_embedding(X_reduced, labels_pred, noise_label, noise)
-    return _silhouette(Z, labels, sample_size=sample_size, random_state=random_state)
+    Z, labels = _prepare_embedding(X_reduced, labels_pred, noise)
+    rows = _scored_rows(labels, noise_label, noise, sample_size, random_state)
+    return _silhouette(Z, labels, rows, space=cache_key)
 
 
 def spearman_rho(x, y) -> float:

@@ -24,15 +24,19 @@ class KeyedStore:
         self.memory_items = int(memory_items)
         self._memory: OrderedDict[str, tuple[Any, str]] = OrderedDict()
 
-    def _get_or_make(self, key: str, x_probe: str, fingerprint: str, make: Callable[[], Any]) -> tuple[Any, bool]:
+    def _get_or_make(self, key: str, x_probe: str, fingerprint: str, make: Callable[[], Any], *,
+                     wait: bool = True) -> tuple[Any, bool] | None:
         """The entry ``key`` (from memory, then disk), or ``make()``'s result (which stores it); and whether it was
-        there. A per-key file lock makes concurrent processes compute it once and the others read it."""
+        there. A per-key file lock makes concurrent processes compute it once and the others read it; with
+        ``wait=False``, ``None`` while another process is computing it."""
         if key in self._memory:
             value, cached_probe = self._memory[key]
             check_probe(cached_probe, x_probe, fingerprint)
             self._memory.move_to_end(key)
             return value, True
-        with FileLock(self.directory / f".{key}.lock"):
+        with FileLock(self.directory / f".{key}.lock", wait=wait) as lock:
+            if not lock.acquired:
+                return None
             loaded = self._load(key)
             if loaded is not None:
                 check_probe(loaded[1], x_probe, fingerprint)

@@ -114,19 +114,40 @@ class Objective:
                                       f"'{d.name}' is unknown without reading its labels: set "
                                       f"datasets.{d.name}.n_classes, or search n_clusters as a range.")
 
-    def prepare(self, progress: bool = True) -> None:
-        """Fit the label-free UMAP-50 space of every set once, through the cache."""
+    def prepare(self, progress: bool = True, reducers=()) -> None:
+        """Fit, through the cache, what the trials will need before the first one: the label-free UMAP-50 space
+        of every set, and each of ``reducers`` (the reductions of a grid study) on every set.
+
+        Largest first (by ``n_components``), each taken by the first worker to reach it: a worker passes over
+        one that another process is fitting, so ``study.workers`` processes fit different reductions side by
+        side instead of queueing for one. A reduction that cannot be fitted is left to its trials (pruned
+        with the reason); the label-free space is then waited for, and one that cannot be fitted is an error.
+        """
+        from zsclust.cluster import STUDY_UMAP_NODE
+        from zsclust.cluster._job import reduce
+
+        todo = []
+        if "umap50" in self.scoring.silhouette_spaces:
+            todo += [(d, STUDY_UMAP_NODE, self.scoring.umap_seed, "label-free space (UMAP-50)")
+                     for d in self.datasets if d.umap50 is None]
+        todo += [(d, node, self.seed, f"reduction {_describe(node)}") for node in reducers for d in self.datasets]
+        todo.sort(key=lambda job: _size_hint(job[1]), reverse=True)  # stable: the label-free space leads a tie
+        for d, node, seed, what in todo if self.reduction_cache is not None else ():
+            start = time.perf_counter()
+            try:
+                done = reduce(d.data, node, seed=seed, cache=self.reduction_cache, wait=False)
+            except ZsclustError:
+                continue  # the label-free space fails again below, with its reason; a trial's reduction in its trial
+            if progress and done is not None and not done[1]:
+                print(f"{what} of {d.name}: {time.perf_counter() - start:.1f} s", flush=True)
         if "umap50" not in self.scoring.silhouette_spaces:
             return
         for d in self.datasets:
             if d.umap50 is None:
-                start = time.perf_counter()
                 try:
                     d.umap50 = label_free_space(d.data, self.scoring, self.reduction_cache)
                 except ZsclustError as e:
                     raise ConfigError(f"The label-free UMAP-50 space of '{d.name}' cannot be fitted: {e}") from None
-                if progress:
-                    print(f"label-free space (UMAP-50) of {d.name}: {time.perf_counter() - start:.1f} s", flush=True)
 
     # -- a trial ---------------------------------------------------------------------------------------
     def job(self, params) -> JobSpec:
@@ -168,6 +189,19 @@ class Objective:
         metrics["value"] = total / self.total_weight
         trial.set_user_attr("zsclust.metrics", metrics)
         return metrics["value"]
+
+
+def _size_hint(node) -> float:
+    """How costly a reduction is, for ordering only: its output width (UMAP's layout cost grows with it)."""
+    try:
+        return float(dict(node).get("n_components") or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _describe(node) -> str:
+    node = dict(node)
+    return f"{node.pop('name', '?')}({', '.join(f'{k}={v}' for k, v in node.items())})"
 
 
 def _weighted_means(per_set: list[tuple[float, dict]]) -> dict[str, float]:
