@@ -2,15 +2,15 @@
 
 A job scores each clustering in the original space and in the label-free UMAP-50 space; a tuning study
 or a sweep scores dozens of clusterings of the same embeddings there. scikit-learn's ``silhouette_score``
-recomputes all pairwise distances every time (10,000 x 1,280: about 5 s on two cores, for a score whose
-labels cost a fraction of that), so zsclust keeps the distances of the scored points of a named space in
-a small in-process LRU and computes each silhouette from them in one parallel pass (about 0.2 s).
+recomputes all pairwise distances every time (10,000 x 1,280: about 8 s on two cores), so zsclust keeps
+the distances of the scored points of a named space in a small in-process LRU and computes each silhouette
+from them in one parallel pass (about 0.5 s).
 
 Distances are computed as scikit-learn computes them (float64 products, stored in the input's precision:
 float32 for float32 embeddings), so the scores agree with ``silhouette_score`` to float rounding. The LRU holds at most
-:data:`CACHE_BYTES`; a space whose matrix would take more than half of it (over about 11,500 scored
-points) is scored without keeping it, and one whose matrix would not fit in memory at all goes to
-scikit-learn's chunked computation.
+:data:`CACHE_BYTES`; a space whose whole matrix would take more than half of it (over about 11,500
+points of float32) keeps only the scored rows, and one whose matrix would take more than a quarter of the
+free memory goes to scikit-learn's chunked computation.
 """
 
 from __future__ import annotations
