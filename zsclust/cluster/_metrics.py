@@ -195,7 +195,8 @@ def score_embedding(
     reuses its pairwise distances (:mod:`zsclust.cluster._silhouette`).
     """
     X, labels = _prepare_embedding(X, labels_pred, noise)
-    Xk, lk = (X, labels) if noise == "label" else (X[labels != noise_label], labels[labels != noise_label])
+    keep = slice(None) if noise == "label" else labels != noise_label
+    Xk, lk = X[keep], labels[keep]
     n = Xk.shape[0]
     k = np.unique(lk).size
     out = {"silhouette": math.nan, "davies_bouldin": math.nan, "calinski_harabasz": math.nan,
