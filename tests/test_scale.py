@@ -119,14 +119,14 @@ def test_centroid_and_median_linkage_are_scipys_tree_cut_like_scikit_learn(linka
 
 @needs_fastcluster
 def test_memory_guard_picks_the_linear_path_where_the_quadratic_one_would_not_fit(monkeypatch):
-    X, _ = cloud(n=3000, d=5, seed=4)
+    X, _ = cloud(n=3000, d=40, seed=4)  # above 32 dimensions, where auto prefers scikit-learn if it fits
     reference = AgglomerativeClustering(n_clusters=10).fit(X).labels_  # scikit-learn: ~70 MB of distances
     est = create_clusterer("agglomerative", n_clusters=10)
-    quad, quad_why = estimate_fit_bytes(create_clusterer("agglomerative", n_clusters=10, backend="sklearn"), 3000, 5)
+    quad, quad_why = estimate_fit_bytes(create_clusterer("agglomerative", n_clusters=10, backend="sklearn"), 3000, 40)
     assert "condensed" in quad_why
     monkeypatch.setenv("ZSCLUST_MEMORY_LIMIT", str(quad))  # 80% of it may be used: the N^2 path does not fit
-    need, why = estimate_fit_bytes(est, 3000, 5)  # the estimate is the chosen path's
-    assert "fastcluster" in why and need < quad / 50
+    need, why = estimate_fit_bytes(est, 3000, 40)  # the estimate is the chosen path's
+    assert "fastcluster" in why and need < quad / 20
     est.fit(X)
     assert est.backend_ == "fastcluster" and np.array_equal(est.labels_, reference)
     # the explicit quadratic path is still refused, and a linkage without a linear algorithm says what to do
@@ -134,9 +134,28 @@ def test_memory_guard_picks_the_linear_path_where_the_quadratic_one_would_not_fi
         create_clusterer("agglomerative", n_clusters=10, backend="sklearn").fit(X)
     with pytest.raises(MemoryGuardError, match="backend: knn_graph approximates it"):
         create_clusterer("agglomerative", n_clusters=10, linkage="average", metric="cosine").fit(X)
-    # with memory to spare, auto keeps scikit-learn (the reference implementation)
+    # with memory to spare, auto keeps scikit-learn (the reference implementation, and the faster one here)
     monkeypatch.delenv("ZSCLUST_MEMORY_LIMIT")
     assert create_clusterer("agglomerative", n_clusters=10).fit(X).backend_ == "sklearn"
+
+
+@needs_fastcluster
+@pytest.mark.parametrize("linkage", ["ward", "single"])
+def test_agglomerative_auto_takes_the_faster_linear_path_in_few_dimensions(linkage):
+    """Up to 32 dimensions (UMAP-5 to UMAP-20, the study's smaller reductions) the nearest-neighbour chain is
+    faster than scipy's condensed matrix: auto takes it with memory to spare, with scikit-learn's clusters."""
+    from zsclust.cluster._linkage import LINEAR_FASTER_UP_TO_D
+
+    for d in (2, LINEAR_FASTER_UP_TO_D):
+        X, _ = cloud(n=1500, d=d, seed=d)
+        ours = create_clusterer("agglomerative", n_clusters=12, linkage=linkage).fit(X)
+        ref = AgglomerativeClustering(n_clusters=12, linkage=linkage).fit(X)
+        assert ours.backend_ == "fastcluster"
+        assert same_partition(ours.labels_, ref.labels_)
+        assert linkage != "ward" or np.array_equal(ours.labels_, ref.labels_)
+    est = create_clusterer("agglomerative", n_clusters=12, linkage=linkage)
+    assert est._choose_backend(1500, LINEAR_FASTER_UP_TO_D + 1) == "sklearn"
+    assert create_clusterer("agglomerative", n_clusters=12, linkage="average")._choose_backend(1500, 2) == "sklearn"
 
 
 @needs_fastcluster
@@ -406,6 +425,37 @@ def test_nndescent_graph_gives_the_same_umap_embedding_as_a_fit_without_it():
     graph = compute_knn_graph(X, 10, "euclidean", method="nndescent", seed=3)
     assert graph.method == "nndescent" and graph.seed == 3
     assert np.array_equal(create_reducer(spec, random_state=3).fit_transform(X, knn_graph=graph), plain)
+
+
+UMAP_FIT_IN_A_FRESH_PROCESS = """
+import hashlib, importlib, json
+import numpy as np
+from sklearn.datasets import make_blobs
+from zsclust.cluster import create_reducer
+from zsclust.cluster._umap import _CACHED_KERNELS
+X, _ = make_blobs(n_samples=300, centers=3, n_features=10, random_state=0)  # umap-learn's own exact search
+Z = create_reducer({"name": "umap", "n_components": 2, "n_neighbors": 10, "n_epochs": 30}, random_state=1).fit_transform(X)
+kernels = [getattr(importlib.import_module(module), name) for module, name in _CACHED_KERNELS]
+print(json.dumps({"hits": [sum(k.stats.cache_hits.values()) for k in kernels],
+                  "misses": [sum(k.stats.cache_misses.values()) for k in kernels],
+                  "embedding": hashlib.sha256(np.ascontiguousarray(Z).tobytes()).hexdigest()}))
+"""
+
+
+def test_umap_kernels_compile_once_per_installation_not_once_per_process():
+    """umap-learn compiles its fit's numba kernels in every process (16 s here): zsclust turns numba's on-disk
+    cache on for them, so a later process (a tuning worker, a sweep job, the next CLI run) loads them, and
+    its fit is the same."""
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", UMAP_FIT_IN_A_FRESH_PROCESS], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert len(second["hits"]) == 5 and min(second["hits"]) >= 1 and max(second["misses"]) == 0, second  # all loaded
+    assert all(h + m >= 1 for h, m in zip(first["hits"], first["misses"]))  # the first compiled or loaded each
+    assert first["embedding"] == second["embedding"]
 
 
 def test_graph_store_is_atomic_checked_and_refuses_other_data(tmp_path):

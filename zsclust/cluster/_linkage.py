@@ -14,9 +14,13 @@ algorithm. ``backend: knn_graph`` fits them on a sparse k-nearest-neighbour conn
 agglomerative clustering): an approximation, since only pairs joined by the graph can merge first.
 
 ``backend``:
-  ``auto``        scikit-learn when its N^2 path fits the memory budget (the memory guard is asked), the
-                  linear path when the linkage has one, else scikit-learn (and the guard refuses, naming
-                  ``knn_graph``); centroid and median linkage always run on fastcluster.
+  ``auto``        the linear path for a linkage that has one on at most 32 dimensions, where it is also the
+                  faster one (10,000 UMAP-5 points: ward 0.6 s against scikit-learn's 4.3 s; its time grows
+                  with N^2*D, scipy's pass over the condensed matrix with N^2, so above about 40 dimensions
+                  scikit-learn is faster); above that scikit-learn when its N^2 path fits the memory budget
+                  (the memory guard is asked), the linear path when the linkage has one, else scikit-learn
+                  (and the guard refuses, naming ``knn_graph``); centroid and median linkage always run on
+                  fastcluster.
   ``sklearn``     scikit-learn's AgglomerativeClustering as it is.
   ``fastcluster`` exact, linear memory (ward/centroid/median: euclidean; single: most metrics).
   ``knn_graph``   the kNN connectivity approximation (any linkage scikit-learn has).
@@ -172,6 +176,8 @@ def _centroid_tree(centroids: np.ndarray) -> list[tuple[int, int]]:
     return edges + list(zip(firsts[:-1], firsts[1:]))
 
 
+LINEAR_FASTER_UP_TO_D = 32
+"""Up to this many dimensions ``auto`` takes the linear path whatever the memory: it is the faster one there."""
 LINEAR_WITHOUT_BUDGET_FROM = 20_000
 """With no memory budget known, ``auto`` takes the linear-memory path from this many points (3 GiB of N² distances)."""
 
@@ -245,6 +251,8 @@ class LinkageBackendMixin(BackendMixin):
             return "fastcluster"
         if not self._linear_possible():
             return "sklearn"
+        if d <= LINEAR_FASTER_UP_TO_D:
+            return "fastcluster"
         from zsclust.cluster._memory import memory_budget
 
         budget = memory_budget().bytes

@@ -9,12 +9,17 @@
   others with ``transform``: UMAP's layout cost grows with N, and a million points do not need a
   million-point layout to be clustered well. The fitted reducer records it (``fit_info_``), and the
   parameter is part of the reduction's key and of the run's params.
+* umap-learn compiles the numba kernels of every fit (the membership strengths and the layout's epoch) anew
+  in each process: 16-30 s here before a CLI run's, a tuning worker's or a sweep job's first fit.
+  :func:`cache_umap_kernels` turns on numba's on-disk cache for them, so one compilation serves every
+  later process of the installation (``NUMBA_CACHE_DIR`` moves the cache, as for any numba code).
 * ``backend``: ``umap-learn``, ``cuml`` (RAPIDS cuML on the GPU; unmeasured here), or ``auto`` (cuML when
   a GPU backend is available, see :mod:`zsclust.cluster._gpu`).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -25,7 +30,39 @@ from zsclust.errors import ConfigError
 BACKENDS = ("auto", "umap-learn", "cuml")
 _TRANSFORM_ROWS = 50_000
 
-__all__ = ["BACKENDS", "fit_umap", "resolve_backend"]
+__all__ = ["BACKENDS", "cache_umap_kernels", "fit_umap", "resolve_backend"]
+
+_CACHED_KERNELS = (("umap.umap_", "smooth_knn_dist"), ("umap.umap_", "compute_membership_strengths"),
+                   ("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch"),
+                   ("umap.utils", "fast_knn_indices"), ("umap.distances", "euclidean"))
+"""The kernels every fit runs (the last two: umap-learn's own exact search below 4096 points without a shared
+graph, 15 s of compilation on their own). The layout's parallel twin (unseeded fits) stays uncached: it wraps
+the same Python function, and numba's cache index tells entries apart by signature, not by ``parallel``."""
+
+
+@functools.cache
+def cache_umap_kernels() -> tuple[str, ...]:
+    """Turn on numba's on-disk cache for umap-learn's fit kernels (see the module docstring); the names done.
+
+    Only kernels not compiled yet in this process and without a cache of their own are touched, so a
+    umap-learn that caches them itself, or one without these names, is left as it is."""
+    import importlib
+
+    from numba.core.caching import NullCache
+
+    done = []
+    for module, name in _CACHED_KERNELS:
+        try:
+            kernel = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(getattr(kernel, "_cache", None), NullCache) and not kernel.signatures:
+            try:
+                kernel.enable_caching()
+            except RuntimeError:  # numba found no writable place for a cache: compile per process, as before
+                continue
+            done.append(f"{module}.{name}")
+    return tuple(done)
 
 
 def resolve_backend(backend: str) -> str:
@@ -55,6 +92,7 @@ def _check_graph(graph, est, n_samples: int) -> None:
 def _fit_learn(est, X: np.ndarray, graph) -> tuple[object, np.ndarray]:
     import umap
 
+    cache_umap_kernels()
     kwargs = _umap_kwargs(est, X.shape[0])
     if graph is not None:
         _check_graph(graph, est, X.shape[0])
