@@ -25,7 +25,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from zsclust.cluster import JobData, JobSpec, ReductionCache, Scoring, create_clusterer, create_reducer, \
     estimate_fit_bytes, reducer_key, run_job
-from zsclust.cluster import _hdbscan, _pipeline, _progress
+from zsclust.cluster import _clusterers, _hdbscan, _pipeline, _progress
 from zsclust.cluster._faiss import faiss_available, kmeans_plusplus
 from zsclust.cluster._gpu import gpu_available
 from zsclust.cluster._knn_graph import KnnGraphStore, compute_knn_graph, exact_knn
@@ -156,6 +156,25 @@ def test_agglomerative_auto_takes_the_faster_linear_path_in_few_dimensions(linka
     est = create_clusterer("agglomerative", n_clusters=12, linkage=linkage)
     assert est._choose_backend(1500, LINEAR_FASTER_UP_TO_D + 1) == "sklearn"
     assert create_clusterer("agglomerative", n_clusters=12, linkage="average")._choose_backend(1500, 2) == "sklearn"
+
+
+@pytest.mark.skipif(not _clusterers.pyamg_available(), reason="pyamg is not installed (pip install 'zsclust[scale]')")
+def test_spectral_takes_the_multigrid_eigensolver_at_large_n(monkeypatch, recwarn):
+    """An unset eigen_solver is ARPACK (the study's) below AMG_FROM points and pyamg's multigrid LOBPCG from
+    there (ARPACK's 1000 eigenvectors of 50k points did not finish in 10 minutes): the same clusters on
+    separable data, the solver recorded, an explicit solver kept, LOBPCG's tolerance report not shown."""
+    X, _ = make_blobs(n_samples=900, centers=5, n_features=8, cluster_std=1.0, random_state=2)
+    small = create_clusterer("spectral", n_clusters=5, random_state=0).fit(X)
+    assert small.backend_ == "arpack" and small.eigen_solver is None
+    monkeypatch.setattr(_clusterers, "AMG_FROM", 500)
+    large = create_clusterer("spectral", n_clusters=5, random_state=0).fit(X)
+    assert large.backend_ == "amg" and large.eigen_solver is None  # the parameter is left as it was given
+    assert same_partition(large.labels_, small.labels_)
+    assert not [w for w in recwarn if "requested tolerance" in str(w.message)]
+    assert create_clusterer("spectral", n_clusters=5, random_state=0, eigen_solver="arpack").fit(X).backend_ == "arpack"
+    out = run_job(JobData(X.astype(np.float32), "fp"), JobSpec("s", {"name": "none"},
+                  {"name": "spectral", "n_clusters": 5}), seed=0, scoring=Scoring(silhouette_spaces=()))
+    assert out.params["clusterer.backend_"] == "amg"
 
 
 @needs_fastcluster
@@ -412,6 +431,20 @@ def test_shared_graph_gives_the_same_umap_embedding_as_a_fit_without_it(tmp_path
     assert np.array_equal(off, plain)
     with pytest.raises(ConfigError, match="shared neighbour graph"):
         shared.transform(X[:3])
+
+
+def test_verbose_fit_on_a_shared_graph_says_so_in_one_line(capfd):
+    """umap-learn's verbose fit prints its repr first, which would spell out the shared graph's arrays (a
+    dozen lines in every large run's log): zsclust prints one line instead; the epoch messages stay."""
+    X, _ = make_blobs(n_samples=300, centers=3, n_features=10, random_state=0)
+    graph = compute_knn_graph(X, 10, "euclidean", method="exact")
+    spec = {"name": "umap", "n_components": 2, "n_neighbors": 10, "min_dist": 0.0, "n_epochs": 20, "verbose": True}
+    create_reducer(spec, random_state=4).fit(X, knn_graph=graph)
+    out = capfd.readouterr().out
+    assert "UMAP(n_components=2, n_neighbors=10, min_dist=0.0, metric='euclidean', n_epochs=20, random_state=4) on " \
+           "the shared exact neighbour graph (300 x 10)" in out
+    assert "completed  10  /  20 epochs" in out
+    assert "array(" not in out and "precomputed_knn" not in out
 
 
 @pytest.mark.slow

@@ -19,7 +19,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
+import sys
 import warnings
 
 import numpy as np
@@ -104,11 +107,32 @@ def _fit_learn(est, X: np.ndarray, graph) -> tuple[object, np.ndarray]:
             rs = np.random.RandomState()
             rs.set_state(graph.rng_state)
             kwargs["random_state"] = rs  # continue where umap-learn's own search would have left it
-    with warnings.catch_warnings():
+    out = sys.stdout
+    if graph is not None and kwargs["verbose"]:
+        shown = {k: kwargs[k] for k in ("n_components", "n_neighbors", "min_dist", "metric", "n_epochs")
+                 if kwargs[k] is not None}
+        shown["random_state"] = est.random_state
+        out = _OwnReprLine(out, f"UMAP({', '.join(f'{k}={v!r}' for k, v in shown.items())}) on the shared "
+                                f"{graph.method} neighbour graph ({X.shape[0]:,} x {k})")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(out):
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")
         warnings.filterwarnings("ignore", message=".*n_jobs value .* overridden to 1.*")
         model = umap.UMAP(**kwargs).fit(X)
     return model, model.embedding_
+
+
+class _OwnReprLine(io.TextIOBase):
+    """stdout of a verbose umap-learn fit on a shared graph: umap-learn prints the estimator's repr first, which
+    spells out the graph's two arrays over a dozen lines; that one write becomes ``line``, the rest passes."""
+
+    def __init__(self, out, line: str):
+        self.out, self.line = out, line
+
+    def write(self, text: str) -> int:
+        return self.out.write(self.line if text.startswith("UMAP(") else text)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def _fit_cuml(est, X: np.ndarray, graph) -> tuple[object, np.ndarray]:  # pragma: no cover - needs a GPU
