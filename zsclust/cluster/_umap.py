@@ -113,7 +113,7 @@ def _fit_learn(est, X: np.ndarray, graph) -> tuple[object, np.ndarray]:
                  if kwargs[k] is not None}
         shown["random_state"] = est.random_state
         out = _OwnReprLine(out, f"UMAP({', '.join(f'{k}={v!r}' for k, v in shown.items())}) on the shared "
-                                f"{graph.method} neighbour graph ({X.shape[0]:,} x {k})")
+                                f"{graph.method} neighbour graph ({X.shape[0]:,} x {est.n_neighbors})")
     with warnings.catch_warnings(), contextlib.redirect_stdout(out):
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")
         warnings.filterwarnings("ignore", message=".*n_jobs value .* overridden to 1.*")
