@@ -107,14 +107,15 @@ def _fit_learn(est, X: np.ndarray, graph) -> tuple[object, np.ndarray]:
             rs = np.random.RandomState()
             rs.set_state(graph.rng_state)
             kwargs["random_state"] = rs  # continue where umap-learn's own search would have left it
-    out = sys.stdout
+    stdout = contextlib.nullcontext()  # sys.stdout is swapped only when there is a repr to replace
     if graph is not None and kwargs["verbose"]:
         shown = {k: kwargs[k] for k in ("n_components", "n_neighbors", "min_dist", "metric", "n_epochs")
                  if kwargs[k] is not None}
         shown["random_state"] = est.random_state
-        out = _OwnReprLine(out, f"UMAP({', '.join(f'{k}={v!r}' for k, v in shown.items())}) on the shared "
-                                f"{graph.method} neighbour graph ({X.shape[0]:,} x {est.n_neighbors})")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(out):
+        stdout = contextlib.redirect_stdout(_OwnReprLine(
+            sys.stdout, f"UMAP({', '.join(f'{k}={v!r}' for k, v in shown.items())}) on the shared "
+                        f"{graph.method} neighbour graph ({X.shape[0]:,} x {est.n_neighbors})"))
+    with warnings.catch_warnings(), stdout:
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")
         warnings.filterwarnings("ignore", message=".*n_jobs value .* overridden to 1.*")
         model = umap.UMAP(**kwargs).fit(X)
