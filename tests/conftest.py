@@ -15,6 +15,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+WORKER_BYTES = 4 << 30
+"""Memory one xdist worker may need at its peak: its own (up to about 3 GiB) plus the processes its test starts."""
+
+
+def pytest_xdist_auto_num_workers(config) -> int | None:
+    """``-n auto`` (pyproject's addopts): one worker per usable CPU, as many as memory allows.
+
+    Half the suite's time is spent waiting on processes it starts (servers, DDP ranks, CLI runs), so two
+    workers on two cores take about 0.6 of the serial time. ``-n0`` runs in one process (``--pdb`` does
+    too); ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still sets the number.
+    """
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own hook reads it
+    from zsclust.cluster._memory import available_memory
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    avail = available_memory()
+    return max(1, min(cpus, cpus if avail is None else avail // WORKER_BYTES))
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     """Never touch ~/.cache/zsclust or the repo's mlruns/ from a test."""

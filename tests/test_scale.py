@@ -177,6 +177,17 @@ def test_spectral_takes_the_multigrid_eigensolver_at_large_n(monkeypatch, recwar
     assert out.params["clusterer.backend_"] == "amg"
 
 
+def test_multigrid_eigensolver_without_pyamg_names_the_extra(monkeypatch):
+    """eigen_solver='amg' without pyamg is refused when the config is checked, naming the install (scikit-learn
+    would only fail inside fit); the automatic choice falls back to ARPACK instead."""
+    monkeypatch.setattr(_clusterers, "pyamg_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"eigen_solver='amg' needs pyamg: pip install 'zsclust\[scale\]'"):
+        create_clusterer("spectral", n_clusters=3, eigen_solver="amg").validate_config()
+    monkeypatch.setattr(_clusterers, "AMG_FROM", 50)
+    X, _ = make_blobs(n_samples=120, centers=3, n_features=2, cluster_std=3.0, random_state=0)
+    assert create_clusterer("spectral", n_clusters=3, random_state=0).fit(X).backend_ == "arpack"
+
+
 @needs_fastcluster
 def test_fifty_thousand_points_plan_linear_memory():
     """The issue's case: 50,000 x 50 after UMAP-50 needed ~19.8 GiB at peak; the linear path needs megabytes."""

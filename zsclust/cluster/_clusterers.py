@@ -294,6 +294,11 @@ class SpectralClusterer(GuardedClusterMixin, skc.SpectralClustering):
             return n * k * 20 * 4 + n * n_comp * _F64 * 12 + n * d * _F64, "sparse kNN affinity"
         return 3 * n * n * _F64 + n * d * _F64, "dense NxN affinity, Laplacian and factorisation"
 
+    def _check_params(self):
+        if self.eigen_solver == "amg" and not pyamg_available():  # scikit-learn would fail only inside fit
+            raise ConfigError(f"{self._display_name()}: eigen_solver='amg' needs pyamg: pip install "
+                              "'zsclust[scale]' (pyamg), or use eigen_solver: arpack (or leave it unset).")
+
     def _check_against_data(self, n_samples):
         name = self._display_name()
         check_at_most_n(self.n_clusters, n_samples, param="n_clusters", owner=name)
