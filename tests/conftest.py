@@ -389,9 +389,13 @@ def slurm_cluster():
     sock = root / "munge-run" / "munge.socket"
     node, cpus = socket.gethostname(), 4
     ctld_port, d_port = _free_port(), _free_port()
+    # Lightning's SLURM environment derives a DDP job's MASTER_PORT from its job ID (15000 + the last 4 digits):
+    # each xdist worker's cluster numbers its jobs from its own thousand, so two clusters' DDP jobs never share one.
+    first_job = 1000 * (1 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").lstrip("gw") or 0) % 9)
     conf = root / "slurm.conf"
     conf.write_text(f"""\
 ClusterName=zsclusttest
+FirstJobId={first_job}
 SlurmctldHost={node}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
