@@ -270,3 +270,22 @@ def test_corrupt_image_error_type_survives_a_worker(tmp_path):
     with pytest.raises(CorruptImageError) as info:
         embed(enc, str(folder), options=EmbedOptions(cache_dir=str(tmp_path / "c"), num_workers=1, **FP32))
     assert info.value.path.endswith("000.jpg")
+
+
+def test_the_embedding_bar_is_closed_before_the_clustering_jobs_print(tmp_path, image_folder, tiny_weights):
+    """The clustering callback runs in on_predict_end, before Lightning's bar closes in its own: the jobs'
+    lines used to follow the still-open bar on its line (and its clock ran on through the clustering)."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from zsclust.cluster import ClusteringCallback
+
+    bar, seen = TQDMProgressBar(), {}
+
+    class Pipeline:  # records the bar's state when the jobs would start
+        def run(self, result):
+            seen.update(closed=bar.predict_progress_bar.disable, rows=result.embeddings.shape[0])
+
+    embed("test_resnet", str(image_folder), weights=tiny_weights, callbacks=[ClusteringCallback(Pipeline()), bar],
+          options=EmbedOptions(cache_dir=str(tmp_path / "c"), num_workers=0, **{**FP32, "progress": True}))
+    assert seen == {"closed": True, "rows": 24}
+

@@ -26,4 +26,7 @@ class ClusteringCallback(Callback):
         writer = next((cb for cb in trainer.callbacks if isinstance(cb, ShardWriter)), None)
         if writer is None or writer.result is None:
             raise RuntimeError("ClusteringCallback needs a ShardWriter before it in the trainer's callbacks.")
+        bar = trainer.progress_bar_callback
+        if bar is not None:  # Lightning closes it after this hook: the jobs' lines would follow the open bar
+            bar.on_predict_end(trainer, pl_module)
         self.results = self.pipeline.run(writer.result)
