@@ -391,7 +391,7 @@ def slurm_cluster():
     ctld_port, d_port = _free_port(), _free_port()
     # Lightning's SLURM environment derives a DDP job's MASTER_PORT from its job ID (15000 + the last 4 digits):
     # each xdist worker's cluster numbers its jobs from its own thousand, so two clusters' DDP jobs never share one.
-    first_job = 1000 * (1 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").lstrip("gw") or 0) % 9)
+    first_job = 1000 * (1 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]) % 9)  # "gw<N>"
     conf = root / "slurm.conf"
     conf.write_text(f"""\
 ClusterName=zsclusttest

@@ -288,4 +288,3 @@ def test_the_embedding_bar_is_closed_before_the_clustering_jobs_print(tmp_path, 
     embed("test_resnet", str(image_folder), weights=tiny_weights, callbacks=[ClusteringCallback(Pipeline()), bar],
           options=EmbedOptions(cache_dir=str(tmp_path / "c"), num_workers=0, **{**FP32, "progress": True}))
     assert seen == {"closed": True, "rows": 24}
-
