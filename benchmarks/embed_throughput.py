@@ -2,6 +2,7 @@
 
     python benchmarks/embed_throughput.py [--images 512] [--folder DIR] [--encoder NAME]
     python benchmarks/embed_throughput.py --images 2000 --whole-process   # each side a whole process
+    python benchmarks/embed_throughput.py --images 2000 --loader          # the loader alone, per image
 
 The plain loop is what people write first: a timm model, torchvision's ImageFolder, a DataLoader
 with default settings, fp32, no AMP. zsclust runs ``embed()`` end to end (trainer set-up, loader,
@@ -121,6 +122,36 @@ def whole_process(args, folder: Path, n: int) -> None:
     print(f"ratio zsclust / plain:  {min(plain) / min(ours):8.2f}x")
 
 
+def loader_cost(args, folder: Path) -> None:
+    """The loader alone (decode, resize, crop, float, normalise, channels_last), per image: normalising each
+    image in the loader against normalising each batch after it (what the engine does)."""
+    import copy
+
+    from torch.utils.data import DataLoader
+
+    from zsclust.data import build_transform, collate_batch, create_dataset
+    from zsclust.data._transforms import split_for_batches
+    from zsclust.encoders import create_encoder
+
+    whole = build_transform(create_encoder(args.encoder, weights=args.weights).data_config)
+    per_image = create_dataset(str(folder), "test", transform=whole)
+    per_batch = copy.copy(per_image)
+    per_batch.transform, batch_transform = split_for_batches(whole)
+
+    def ms_per_image(dataset, on_batch) -> float:
+        start, n = time.perf_counter(), 0
+        for batch in DataLoader(dataset, batch_size=32, collate_fn=collate_batch):
+            n += len(on_batch(batch["image"]).contiguous(memory_format=torch.channels_last))
+        return (time.perf_counter() - start) / n * 1e3
+
+    a = [ms_per_image(per_image, lambda x: x) for _ in range(args.repeat)]
+    b = [ms_per_image(per_batch, batch_transform) for _ in range(args.repeat)]
+    print(f"loader, main process, {len(per_image)} images (runs in ms/image: {', '.join(f'{v:.3f}' for v in a)}"
+          f" | {', '.join(f'{v:.3f}' for v in b)})")
+    print(f"normalised per image (in the loader): {min(a):.3f} ms/image")
+    print(f"normalised per batch (the engine):    {min(b):.3f} ms/image")
+
+
 def main() -> None:
     from zsclust.embed import EmbedOptions, embed, resolve_precision
     from zsclust.embed._optimize import fold_batchnorm
@@ -138,11 +169,15 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2, help="runs of each side; the best is reported [2]")
     p.add_argument("--whole-process", action="store_true",
                    help="time `zsclust embed` and a plain script as whole processes from outside (imports included)")
+    p.add_argument("--loader", action="store_true", help="time the loader alone: per-image against per-batch normalising")
     args = p.parse_args()
 
     folder = args.folder or make_folder(Path(tempfile.gettempdir()) / f"zsclust-bench-{args.images}", args.images)
     if args.whole_process:
         whole_process(args, folder, sum(1 for _ in folder.rglob("*.jpg")))
+        return
+    if args.loader:
+        loader_cost(args, folder)
         return
     encoder = create_encoder(args.encoder, weights=args.weights)
     cfg = encoder.data_config

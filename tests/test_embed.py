@@ -211,6 +211,53 @@ def test_bf16_embeddings_stay_faithful_to_fp32(tmp_path):
     assert cos.min() >= 0.99, cos
 
 
+def test_the_loader_carries_uint8_and_each_batch_is_normalised_after_the_transfer(tmp_path, tiny_weights):
+    """Float conversion and normalisation run once per batch on the device, not per image in the loader:
+    the loader's batches are uint8 (a quarter of the bytes), the halves compose to the whole transform
+    exactly, and the embeddings equal the per-image reference."""
+    import lightning.pytorch as pl
+
+    from zsclust.data._transforms import split_for_batches
+
+    folder = write_image_folder(tmp_path / "imgs", classes=2, per_class=5, size=(60, 44))
+    enc = create_encoder("test_resnet", weights=tiny_weights)
+    whole = build_transform(enc.data_config)
+    per_item, per_batch = split_for_batches(whole)
+    ds = create_dataset(str(folder), "test", transform=whole)
+    raw = [ds.source.load(int(i), None, True) for i in ds.indices]
+    torch.testing.assert_close(per_batch(torch.stack([per_item(x) for x in raw])),
+                               torch.stack([whole(x) for x in raw]), rtol=0, atol=0)
+
+    seen = []
+
+    class LoaderDtype(pl.Callback):
+        def on_predict_start(self, trainer, pl_module):
+            seen.append(trainer.predict_dataloaders.dataset[0]["image"].dtype)  # what the loader stacks
+
+        def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            seen.append(batch["image"].dtype)
+
+    result = embed(enc, str(folder), callbacks=[LoaderDtype()], options=EmbedOptions(
+        cache_dir=str(tmp_path / "c"), batch_size=4, num_workers=0, **FP32))
+    assert seen == [torch.uint8] + [torch.float32] * 3
+    ref, _ = reference_embeddings(enc, folder)
+    np.testing.assert_allclose(result.embeddings, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_true_half_precision_gets_its_input_cast_after_the_normalisation(tmp_path, tiny_weights):
+    """bf16-true keeps the weights in bf16, so the normalised batch must be cast too (Lightning casts inputs
+    before the transfer, when they are still uint8)."""
+    folder = write_image_folder(tmp_path / "imgs", classes=2, per_class=4, size=(48, 40))
+    enc = create_encoder("test_resnet", weights=tiny_weights)
+    fp32 = embed(enc, str(folder), options=EmbedOptions(cache_dir=str(tmp_path / "c"), num_workers=0, **FP32))
+    bf16 = embed(enc, str(folder), options=EmbedOptions(cache_dir=str(tmp_path / "c"), num_workers=0,
+                                                          precision="bf16-true", accelerator="cpu", progress=False))
+    a, b = np.asarray(fp32.embeddings), np.asarray(bf16.embeddings)
+    assert b.dtype == np.float32 and b.shape == a.shape
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= 0.99, cos
+
+
 # -- bad input ------------------------------------------------------------------------------------
 def _cli_error(capsys, *args) -> str:
     code = main(["embed", *map(str, args), "--accelerator", "cpu", "--no-progress", "--num-workers", "0"])

@@ -335,9 +335,10 @@ DDP_EMBED = textwrap.dedent(
             if not trainer.is_global_zero:
                 return
             writer = next(cb for cb in trainer.callbacks if type(cb).__name__ == "ShardWriter")
-            item = trainer.datamodule.dataset[extra]
+            data = trainer.datamodule  # its loader yields uint8 images, its batch transform normalises
+            item = data.dataset[extra]
             with torch.inference_mode():
-                row = pl_module.encoder(item["image"][None]).float().numpy()
+                row = pl_module.encoder(data.batch_transform(item["image"][None])).float().numpy()
             writer.entry.write_shard("other-writer", [extra], row, [item["label"]], [])
 
     enc = create_encoder("test_resnet", weights=weights)

@@ -152,6 +152,29 @@ def build_transform(data_config: dict, preprocessing: str = "model") -> Callable
     return out
 
 
+def split_for_batches(transform) -> tuple[Callable, Callable] | None:
+    """``(per_item, per_batch)`` halves of a tensor-decoding :func:`build_transform` product, else None.
+
+    The last two steps (uint8 → float, normalise) work elementwise, so they give the same values on a
+    stacked batch; run there, the loader moves uint8 images (a quarter of the bytes through workers,
+    pinned memory and the host-to-device copy) and the float pass runs once per batch on the device,
+    as timm's ``PrefetchLoader`` does. ``per_item`` keeps the attributes the dataset reads
+    (``decodes_to_tensor``, ``allows_draft``); ``per_batch`` takes its uint8 output and normalises the
+    float copy in place (one pass fewer than torchvision's default, which clones first).
+    """
+    if not getattr(transform, "decodes_to_tensor", False) or not isinstance(transform, T.Compose):
+        return None
+    steps = list(transform.transforms)
+    if len(steps) < 2 or not isinstance(steps[-2], ToFloat) or not isinstance(steps[-1], T.Normalize):
+        return None
+    per_item = T.Compose(steps[:-2])
+    for attr in ("decodes_to_tensor", "allows_draft", "preprocessing", "data_config"):
+        if hasattr(transform, attr):
+            setattr(per_item, attr, getattr(transform, attr))
+    norm = steps[-1]
+    return per_item, T.Compose([steps[-2], T.Normalize(norm.mean, norm.std, inplace=True)])
+
+
 def draft_size_of(transform) -> tuple[int, int] | None:
     """(width, height) that the transform's first resize needs, for JPEG reduce-on-decode; None if unknown
     or if the transform does not allow it (``allows_draft``).

@@ -152,6 +152,7 @@ def embed(
 
 def _predict(encoder, dataset, entry, lock, plan, meta, options, precision, callbacks) -> EmbeddingSet | None:
     from ..data import collate_batch
+    from ..data._transforms import split_for_batches
 
     loader_opts = default_loader_options(options.accelerator, options.devices, options.num_nodes)
     if options.batch_size is not None:
@@ -168,7 +169,13 @@ def _predict(encoder, dataset, entry, lock, plan, meta, options, precision, call
         if trainer.is_global_zero and p.status == "embed" and p.resumed_from:
             print(f"Resuming {entry.fingerprint}: {p.resumed_from} of {n} samples already embedded.")
 
-    data = PlannedData(dataset, loader_opts, entry, lock, plan=plan, on_plan=on_plan)
+    batch_transform = None
+    halves = split_for_batches(getattr(dataset, "transform", None))
+    if halves is not None:  # the loader carries uint8; float + normalise run per batch on the device
+        dataset = copy.copy(dataset)
+        dataset.transform, batch_transform = halves
+    data = PlannedData(dataset, loader_opts, entry, lock, plan=plan, on_plan=on_plan,
+                       batch_transform=batch_transform)
     start = time.perf_counter()
     model = encoder
     if options.fold_batchnorm:

@@ -59,12 +59,17 @@ class PlannedData(pl.LightningDataModule):
     ``plan`` is given when global zero planned before the trainer (holding ``lock``); otherwise global
     zero takes ``lock`` and plans when Lightning asks for the loader, after the process group is up.
     Either way the plan is broadcast, so every rank builds the same list.
+
+    ``batch_transform`` runs on each batch's images once they are on the device (see
+    :func:`zsclust.data._transforms.split_for_batches`); the precision plugin's input conversion, which
+    Lightning applied before the transfer, is applied again to its output.
     """
 
     def __init__(self, dataset, loader_kwargs: dict, entry: CacheEntry, lock: EntryLock, plan: Plan | None = None,
-                 on_plan=None):
+                 on_plan=None, batch_transform=None):
         super().__init__()
         self.dataset = dataset
+        self.batch_transform = batch_transform
         self.loader_kwargs = loader_kwargs
         self.entry = entry
         self.lock = lock
@@ -103,3 +108,9 @@ class PlannedData(pl.LightningDataModule):
         data = self.dataset if len(indices) == n and np.array_equal(indices, np.arange(n)) else Subset(
             self.dataset, indices.tolist())
         return DataLoader(data, shuffle=False, **self.loader_kwargs)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if self.batch_transform is None or not len(batch["image"]):
+            return batch
+        images = self.batch_transform(batch["image"])
+        return {**batch, "image": self.trainer.precision_plugin.convert_input(images)}
