@@ -217,12 +217,14 @@ def test_the_loader_carries_uint8_and_each_batch_is_normalised_after_the_transfe
     exactly, and the embeddings equal the per-image reference."""
     import lightning.pytorch as pl
 
-    from zsclust.data._transforms import split_for_batches
+    from zsclust.data._transforms import draft_size_of, split_for_batches
 
     folder = write_image_folder(tmp_path / "imgs", classes=2, per_class=5, size=(60, 44))
     enc = create_encoder("test_resnet", weights=tiny_weights)
     whole = build_transform(enc.data_config)
     per_item, per_batch = split_for_batches(whole)
+    assert per_item.decodes_to_tensor and draft_size_of(per_item) == draft_size_of(whole) is not None
+    assert draft_size_of(split_for_batches(build_transform(enc.data_config, "study"))[0]) is None
     ds = create_dataset(str(folder), "test", transform=whole)
     raw = [ds.source.load(int(i), None, True) for i in ds.indices]
     torch.testing.assert_close(per_batch(torch.stack([per_item(x) for x in raw])),
