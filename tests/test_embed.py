@@ -246,6 +246,19 @@ def test_the_loader_carries_uint8_and_each_batch_is_normalised_after_the_transfe
     np.testing.assert_allclose(result.embeddings, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_batch_half_on_a_gpu_gives_the_bits_of_the_per_image_pass_on_the_cpu(tiny_weights):
+    """CUDA divides by a Python number through its rounded reciprocal (one bit off for 126 of 256 grey levels);
+    the batch half divides by a device tensor, so moving normalisation to the GPU changes no input bit."""
+    from zsclust.data._transforms import split_for_batches
+
+    whole = build_transform(create_encoder("test_resnet", weights=tiny_weights).data_config)
+    per_item, per_batch = split_for_batches(whole)
+    raw = torch.arange(256, dtype=torch.uint8).repeat(3, 256, 1)  # every grey level in every channel
+    on_gpu = per_batch(per_item(raw)[None].cuda()).cpu()
+    torch.testing.assert_close(on_gpu, whole(raw)[None], rtol=0, atol=0)
+
+
 def test_true_half_precision_gets_its_input_cast_after_the_normalisation(tmp_path, tiny_weights):
     """bf16-true keeps the weights in bf16, so the normalised batch must be cast too (Lightning casts inputs
     before the transfer, when they are still uint8)."""

@@ -85,10 +85,17 @@ class ToUint8Tensor:
 
 
 class ToFloat:
-    """uint8 [0, 255] -> float32 [0, 1], as ToTensor would have done on a PIL image."""
+    """uint8 [0, 255] -> float32 [0, 1], as ToTensor would have done on a PIL image.
+
+    The divisor is a tensor on the image's device: CUDA divides by a Python number by multiplying with its
+    rounded reciprocal, one bit off true division for about half the grey levels, so the engine's per-batch
+    pass on a GPU would not give the bits the per-image pass gives on the CPU.
+    """
 
     def __call__(self, img):
-        return img.float().div_(255) if img.dtype == torch.uint8 else img
+        if img.dtype != torch.uint8:
+            return img
+        return img.float().div_(torch.tensor(255.0, device=img.device))
 
     def __repr__(self) -> str:
         return "ToFloat()"
