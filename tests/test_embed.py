@@ -246,6 +246,7 @@ def test_the_loader_carries_uint8_and_each_batch_is_normalised_after_the_transfe
     np.testing.assert_allclose(result.embeddings, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_batch_half_on_a_gpu_gives_the_bits_of_the_per_image_pass_on_the_cpu(tiny_weights):
     """CUDA divides by a Python number through its rounded reciprocal (one bit off for 126 of 256 grey levels);
