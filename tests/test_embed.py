@@ -254,10 +254,11 @@ def test_the_batch_half_on_a_gpu_gives_the_bits_of_the_per_image_pass_on_the_cpu
     from zsclust.data._transforms import split_for_batches
 
     whole = build_transform(create_encoder("test_resnet", weights=tiny_weights).data_config)
-    per_item, per_batch = split_for_batches(whole)
-    raw = torch.arange(256, dtype=torch.uint8).repeat(3, 256, 1)  # every grey level in every channel
-    on_gpu = per_batch(per_item(raw)[None].cuda()).cpu()
-    torch.testing.assert_close(on_gpu, whole(raw)[None], rtol=0, atol=0)
+    per_batch = split_for_batches(whole)[1]
+    levels = torch.arange(256, dtype=torch.uint8).repeat(2, 3, 4, 1)  # every grey level in every channel
+    norm = whole.transforms[-1]
+    per_image_on_cpu = torch.stack([norm(x.float() / 255) for x in levels])  # what the loader used to do
+    torch.testing.assert_close(per_batch(levels.cuda()).cpu(), per_image_on_cpu, rtol=0, atol=0)
 
 
 def test_true_half_precision_gets_its_input_cast_after_the_normalisation(tmp_path, tiny_weights):
