@@ -86,6 +86,10 @@ def embed(
     dataset whose transform :func:`zsclust.data.build_transform` made is given this encoder's transform
     for ``preprocessing`` (on a copy); any other transform is used as it is.
 
+    ``callbacks`` are Lightning callbacks for the predict run. The batches they see are float and normalised,
+    on the device; with a transform from ``build_transform`` the loader itself yields uint8 images, and
+    ``trainer.datamodule.batch_transform`` is the step that normalises them.
+
     A complete cache entry is returned without running anything; an incomplete one is resumed. One
     process at a time embeds an entry (a lock in its folder): another that starts on it waits, then
     loads or resumes what the first left. In a multi-process run, ranks other than global zero return
