@@ -89,13 +89,14 @@ class ToFloat:
 
     The divisor is a tensor on the image's device: CUDA divides by a Python number by multiplying with its
     rounded reciprocal, one bit off true division for about half the grey levels, so the engine's per-batch
-    pass on a GPU would not give the bits the per-image pass gives on the CPU.
+    pass on a GPU would not give the bits the per-image pass gives on the CPU. It is filled on the device
+    (``torch.full``), not copied from the host, so a GPU batch waits on no host-to-device copy.
     """
 
     def __call__(self, img):
         if img.dtype != torch.uint8:
             return img
-        return img.float().div_(torch.tensor(255.0, device=img.device))
+        return img.float().div_(torch.full((), 255.0, device=img.device))
 
     def __repr__(self) -> str:
         return "ToFloat()"
