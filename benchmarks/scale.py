@@ -403,16 +403,24 @@ def cmd_umap_ward(args) -> list[dict]:
 
 
 OURS_KMEANS = """
+import torch
 from zsclust.cluster import _faiss, create_clusterer
 if {per} is not None:
     _faiss.INIT_SAMPLE_PER_CLUSTER = {per}
-est = create_clusterer({{"name": "kmeans", "n_clusters": K, "random_state": 0, "backend": "faiss", "max_iter": {it}}})
+est = create_clusterer({{"name": "kmeans", "n_clusters": K, "random_state": 0, "backend": "{backend}",
+                         "max_iter": {it}}})
 t = time.perf_counter()
 labels = est.fit_predict(X)
 fit_s = time.perf_counter() - t
 m = min(len(X), _faiss.INIT_SAMPLE_PER_CLUSTER * K)
-done(fit_s=fit_s, ami=ami(labels), n_iter=est.n_iter_, inertia=est.inertia_,
-     refined_on=m if len(X) >= _faiss.REFINE_FROM * m else 0)
+if est.backend_ == "torch":
+    from zsclust.cluster._gpu import torch_device
+    device = torch_device()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+else:
+    where = "cpu"
+done(fit_s=fit_s, ami=ami(labels), n_iter=est.n_iter_, inertia=est.inertia_, backend=est.backend_, device=where,
+     refined_on=m if est.backend_ == "faiss" and len(X) >= _faiss.REFINE_FROM * m else 0)
 """
 PLAIN_KMEANS = """
 from sklearn.cluster import KMeans
@@ -424,19 +432,19 @@ done(fit_s=fit_s, ami=ami(est.labels_), n_iter=int(est.n_iter_), inertia=float(e
 
 
 def cmd_kmeans(args) -> list[dict]:
-    """faiss K-Means, K=1000: AMI against scikit-learn's k-means++ at --ami-n, then time and memory at --n."""
+    """zsclust's K-Means (--backend, faiss by default), K=1000: AMI against scikit-learn's k-means++ at --ami-n, then time and memory at --n."""
     rows = []
     small = data_file(args.work, args.ami_n, args.d, args.classes)
     for it in args.max_iter:
         rows.append(row(f"K-Means K={args.classes}, {args.ami_n:,} x {args.d}, max_iter={it}",
-                        measure(child(small, OURS_KMEANS.format(it=it, per=args.refine_sample))), None, "AMI check"))
+                        measure(child(small, OURS_KMEANS.format(it=it, per=args.refine_sample, backend=args.backend))), None, "AMI check"))
     if not args.skip_sklearn:
         rows.append(row(f"K-Means K={args.classes}, {args.ami_n:,} x {args.d} (scikit-learn k-means++)", None,
                         measure(child(small, PLAIN_KMEANS)), "reference AMI"))
     if args.n:
         big = data_file(args.work, args.n, args.d, args.classes)
         rows.append(row(f"K-Means K={args.classes}, {args.n:,} x {args.d}, max_iter={args.max_iter[-1]}",
-                        measure(child(big, OURS_KMEANS.format(it=args.max_iter[-1], per=None))), None,
+                        measure(child(big, OURS_KMEANS.format(it=args.max_iter[-1], per=None, backend=args.backend))), None,
                         "plain scikit-learn not run at this size (k-means++ alone: hours on 2 cores)"))
     print_table("K-Means at 1M points; targets <= 3 min, <= 10 GiB, AMI within 0.01 of scikit-learn", rows)
     return rows
@@ -459,6 +467,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-sklearn", action="store_true")
     p.add_argument("--workers", type=int, default=1, help="study: study.workers of the zsclust side")
     p.add_argument("--skip-plain", action="store_true", help="study: do not run the plain loop")
+    p.add_argument("--backend", default="faiss", choices=["faiss", "torch", "auto"],
+                   help="kmeans: zsclust's K-Means backend (torch runs on CUDA when torch sees a GPU)")
     p.add_argument("--refine-sample", type=int, default=None,
                    help="kmeans: k-means++ sample per cluster for the --ami-n rows (a smaller one makes the faiss "
                         "backend refine its start on the sample there too, as it does at --n)")

@@ -25,8 +25,9 @@ skip most points from the second pass on: at 1M x 768 and K=1000 this cuts the f
 dominate the cost (BENCHMARKS.md). The result is still Lloyd's algorithm on every point, stopped by
 scikit-learn's rule; only its starting centres differ from an unrefined k-means++ start.
 
-``auto``: cuML on a GPU; faiss from :data:`FAISS_FROM` points when it is installed; scikit-learn below
-(the study's reference implementation, which is fast enough there).
+``auto``: the torch backend (:mod:`zsclust.cluster._torch_kmeans`: the same algorithm, on the device) when
+torch sees a CUDA GPU; otherwise faiss from :data:`FAISS_FROM` points when it is installed; scikit-learn below
+(the study's reference implementation, which is fast enough there). cuML only when asked for by name.
 
 faiss-cpu wheels bundle an OpenBLAS (0.3.15 in faiss-cpu 1.15) that does not recognise recent Xeons and
 falls back to slow generic kernels (10x slower products here). Unless ``OPENBLAS_CORETYPE`` is set,
@@ -52,7 +53,7 @@ from zsclust.cluster._backends import BackendMixin
 from zsclust.cluster._progress import bar, stage
 from zsclust.errors import ConfigError
 
-BACKENDS = ("auto", "sklearn", "faiss", "cuml")
+BACKENDS = ("auto", "sklearn", "faiss", "torch", "cuml")
 FAISS_FROM = 200_000
 """``auto`` uses faiss from this many points."""
 INIT_SAMPLE_PER_CLUSTER = 64
@@ -457,25 +458,27 @@ class KMeansBackendMixin(BackendMixin):
 
     _zs_extra_params = {"backend": "auto"}
     _parameter_constraints: dict = {**skc.KMeans._parameter_constraints, "backend": [StrOptions(set(BACKENDS))]}
-    _zs_backend_known_answers = ({"kmeans (faiss)": {"n_clusters": 4, "random_state": 0, "backend": "faiss"}}
-                                 if faiss_available() else {})
+    _zs_backend_known_answers = {"kmeans (torch)": {"n_clusters": 4, "random_state": 0, "backend": "torch"},
+                                 **({"kmeans (faiss)": {"n_clusters": 4, "random_state": 0, "backend": "faiss"}}
+                                    if faiss_available() else {})}
 
     def validate_config(self) -> None:
         super().validate_config()
-        if self.backend == "faiss":
-            if not faiss_available():
-                import_faiss()  # raises the install hint
-            if callable(self.init):
-                raise ConfigError(f"{self._display_name()}: backend='faiss' takes init 'k-means++', 'random' or an "
-                                  "array of centres, not a callable.")
+        if self.backend == "faiss" and not faiss_available():
+            import_faiss()  # raises the install hint
+        if self.backend in ("faiss", "torch") and callable(self.init):
+            raise ConfigError(f"{self._display_name()}: backend={self.backend!r} takes init 'k-means++', 'random' or "
+                              "an array of centres, not a callable.")
 
     def _choose_backend(self, n: int, d: int) -> str:
-        from zsclust.cluster._gpu import want_gpu
+        from zsclust.cluster._gpu import cuda_available, gpu_setting, want_gpu
 
         if self.backend not in ("auto", "cuml"):
             return self.backend
         if self.backend == "auto" and callable(self.init):  # a callable start: scikit-learn alone calls it
             return "sklearn"
+        if self.backend == "auto" and gpu_setting() != "off" and cuda_available():
+            return "torch"  # the study's algorithm on the GPU, with nothing more to install
         if want_gpu(self.backend, self._display_name()):
             return "cuml"
         return "faiss" if n >= FAISS_FROM and faiss_available() else "sklearn"
@@ -491,6 +494,13 @@ class KMeansBackendMixin(BackendMixin):
             groups = max(1, k // GROUP_SIZE)
             return (n * d * _F32 + n * (16 + groups * _F32) + _BLOCK_BYTES + _ASSIGN_ROWS * d * _F64 + 4 * k * d * _F64,
                     "faiss k-means (linear in N)")
+        if backend == "torch":
+            from zsclust.cluster import _torch_kmeans
+            from zsclust.cluster._gpu import torch_device
+
+            if torch_device().type == "cuda":  # the device's memory is checked when the fit starts
+                return n * d * _F32 + n * 16, "torch k-means on the GPU (host: the float32 points and the labels)"
+            return _torch_kmeans.device_bytes(n, d, k), "torch k-means on the CPU (linear in N)"
         return n * d * _F32, "cuML k-means (host copy; GPU memory not counted)"
 
     def _fit_backend(self, X: np.ndarray, fit_params: dict) -> str:
@@ -514,20 +524,35 @@ class KMeansBackendMixin(BackendMixin):
         self._n_features_out = self.cluster_centers_.shape[0]
         self._n_threads = _openmp_effective_n_threads()
 
+    def _n_starts(self) -> int:
+        """``n_init`` as scikit-learn reads it: one start for given centres; 'auto' is one k-means++ start or ten
+        random ones."""
+        if isinstance(self.init, np.ndarray) or hasattr(self.init, "__array__"):
+            return 1
+        if isinstance(self.n_init, int):
+            return self.n_init
+        return 10 if self.init == "random" else 1
+
+    def _seeded_generator(self) -> np.random.Generator:
+        return np.random.default_rng(check_random_state(self.random_state).randint(2**31 - 1))
+
+    def _fit_torch(self, X: np.ndarray) -> None:
+        from zsclust.cluster import _torch_kmeans
+
+        self._set_fitted(X, *_torch_kmeans.fit(
+            X, n_clusters=int(self.n_clusters), init=self.init, n_init=self._n_starts(), max_iter=int(self.max_iter),
+            tol=float(self.tol), rng=self._seeded_generator(), owner=self._display_name(),
+            sample_per_cluster=INIT_SAMPLE_PER_CLUSTER))
+
     def _fit_faiss(self, X: np.ndarray) -> None:
         faiss = import_faiss()
         Xf = np.ascontiguousarray(X, dtype=np.float32)
         n, d = Xf.shape
         k = int(self.n_clusters)
-        rng = np.random.default_rng(check_random_state(self.random_state).randint(2**31 - 1))
+        rng = self._seeded_generator()
         gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
         assign = _Assigner(faiss, d, gpu)
-        if isinstance(self.init, np.ndarray) or hasattr(self.init, "__array__"):
-            n_init = 1
-        elif isinstance(self.n_init, int):
-            n_init = self.n_init
-        else:  # 'auto', as scikit-learn: one k-means++ start, ten random ones
-            n_init = 10 if self.init == "random" else 1
+        n_init = self._n_starts()
         best = None
         with stage(f"k-means (faiss{', GPU' if gpu else ''}): {n:,} x {d}, K={k}, {n_init} start(s)", n):
             for _ in range(n_init):

@@ -2,7 +2,8 @@
 
 The ``cuml`` backends (UMAP, HDBSCAN, K-Means, the neighbour graph) run only when cuML is installed
 (``pip install zsclust[gpu]``, which names ``cuml-cu12``) and a CUDA device is present. ``backend: auto``
-picks them then, unless ``ZSCLUST_GPU=off``; ``ZSCLUST_GPU=on`` makes a missing GPU an error instead
+picks them then (K-Means excepted: there ``auto`` takes the torch backend whenever torch sees a GPU, see
+:func:`cuda_available`), unless ``ZSCLUST_GPU=off``; ``ZSCLUST_GPU=on`` makes a missing GPU an error instead
 of a silent CPU run. Asking for ``backend: cuml`` without cuML is a ConfigError that says what to install.
 
 cuML is imported only when a GPU backend is asked for or ``auto`` looks for one, never by
@@ -12,6 +13,7 @@ unmeasured here: the development machine has no GPU (see docs/scale.md).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -45,6 +47,39 @@ def _probe() -> tuple[bool, str]:
     except Exception as err:  # noqa: BLE001
         return False, f"no CUDA device ({type(err).__name__}: {err})"
     return (count > 0), ("a CUDA device" if count else "no CUDA device")
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_available() -> bool:
+    """torch sees a CUDA device (checked once per process). Without NVIDIA's driver files torch is not even
+    imported, so a CPU-only machine pays nothing for asking."""
+    if not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/dxg")):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def torch_device():
+    """Where zsclust's torch paths (K-Means, the exact neighbour search) compute: the current CUDA device when
+    torch sees one and ``ZSCLUST_GPU`` is not ``off``, the CPU otherwise."""
+    import torch
+
+    return torch.device("cuda" if gpu_setting() != "off" and cuda_available() else "cpu")
+
+
+@contextlib.contextmanager
+def full_float32_products():
+    """float32 products at full precision inside (no TF32, which the embedding job allows for its encoder:
+    a 10-bit mantissa would reorder near-tied distances), the caller's setting restored after."""
+    import torch
+
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def gpu_available() -> bool:
@@ -84,4 +119,5 @@ def to_numpy(array):
     return np.asarray(array)
 
 
-__all__ = ["ENV_GPU", "gpu_available", "gpu_setting", "require_gpu", "to_numpy", "want_gpu"]
+__all__ = ["ENV_GPU", "cuda_available", "full_float32_products", "gpu_available", "gpu_setting", "require_gpu",
+           "to_numpy", "torch_device", "want_gpu"]
