@@ -65,7 +65,7 @@ def test_kmeans_plusplus_picks_spread_centres():
     rng = np.random.default_rng(0)
     X = np.concatenate([c + 0.01 * rng.normal(size=(50, 3)) for c in 100 * np.eye(4, 3)]).astype(np.float32)
     Xt = torch.as_tensor(X)
-    C = _torch_kmeans.kmeans_plusplus(Xt, (Xt * Xt).sum(1), 4, np.random.default_rng(3)).numpy()
+    C = _torch_kmeans.kmeans_plusplus(Xt, 4, np.random.default_rng(3)).numpy()
     nearest = ((X[:, None] - C[None]) ** 2).sum(-1).argmin(1)
     assert sorted(np.unique(nearest[np.arange(0, 200, 50)])) == [0, 1, 2, 3]
 

@@ -14,7 +14,8 @@ farthest from their centres, as in scikit-learn.
 
 Starts: ``init='k-means++'`` is greedy k-means++ (scikit-learn's: 2 + log K candidates per step, the one
 that lowers the potential most) on a seeded subsample of at most :data:`INIT_SAMPLE_PER_CLUSTER`
-points per cluster, computed with float32 products; ``n_init`` starts, the lowest inertia kept. (On this
+points per cluster, computed with float32 products (the torch backend's implementation, run on the CPU);
+``n_init`` starts, the lowest inertia kept. (On this
 machine scikit-learn's ``kmeans_plusplus`` on float32 data upcasts every distance block to float64 and
 took 172 s for 20k x 768 and K=1000; this takes seconds.) ``'random'`` and an array of centres work too.
 
@@ -38,7 +39,6 @@ Haswell with AVX2); numpy's own OpenBLAS is loaded already and is not affected.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import sys
 import warnings
@@ -107,41 +107,15 @@ def import_faiss():
     return faiss
 
 
-def _sq_dist_to(X: np.ndarray, x_sq: np.ndarray, C: np.ndarray) -> np.ndarray:
-    """Squared distances (len(C), len(X)) in float32, clipped at 0."""
-    d = C @ X.T
-    d *= -2.0
-    d += x_sq[None, :]
-    d += np.einsum("ij,ij->i", C, C)[:, None]
-    np.maximum(d, 0, out=d)
-    return d
+def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ centres of ``X`` (NumPy, float32 products): the torch backend's, on the CPU."""
+    import torch
 
+    from zsclust.cluster._gpu import full_float32_products
+    from zsclust.cluster._torch_kmeans import kmeans_plusplus as on_device
 
-def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator, n_local_trials: int | None = None):
-    """Greedy k-means++ centres (scikit-learn's procedure) of ``X`` (float32 products)."""
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    n = X.shape[0]
-    trials = n_local_trials or 2 + int(math.log(n_clusters))
-    x_sq = np.einsum("ij,ij->i", X, X)
-    centers = np.empty((n_clusters, X.shape[1]), dtype=np.float32)
-    first = rng.integers(n)
-    centers[0] = X[first]
-    closest = _sq_dist_to(X, x_sq, X[first:first + 1])[0].astype(np.float64)
-    pot = closest.sum()
-    for c in range(1, n_clusters):
-        if pot <= 0:  # fewer distinct points than clusters: any point
-            cand = rng.integers(n, size=trials)
-        else:
-            cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * pot)
-            np.clip(cand, None, n - 1, out=cand)
-        d = _sq_dist_to(X, x_sq, X[cand])
-        np.minimum(d, closest[None, :], out=d)
-        pots = d.sum(axis=1, dtype=np.float64)
-        best = int(np.argmin(pots))
-        centers[c] = X[cand[best]]
-        closest = d[best].astype(np.float64)
-        pot = pots[best]
-    return centers
+    with full_float32_products(), torch.no_grad():
+        return on_device(torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32)), n_clusters, rng).numpy()
 
 
 class _Assigner:
@@ -387,10 +361,11 @@ _SLACK = 1e-4  # a bound must win by this relative margin: float32 distances are
 
 def _mean_variance(X: np.ndarray) -> float:
     """``np.mean(np.var(X, axis=0))`` in float64, in blocks: no N x D float64 temporary (6 GiB at 1M x 768)."""
-    blocks = range(0, X.shape[0], _ASSIGN_ROWS)
-    mean = sum(X[i:i + _ASSIGN_ROWS].sum(axis=0, dtype=np.float64) for i in blocks) / X.shape[0]
-    sq = sum(((X[i:i + _ASSIGN_ROWS] - mean) ** 2).sum(axis=0) for i in blocks)
-    return float(np.mean(sq / X.shape[0]))
+    import torch
+
+    from zsclust.cluster._torch_kmeans import mean_variance
+
+    return mean_variance(torch.as_tensor(X))
 
 
 def lloyd(X: np.ndarray, centers: np.ndarray, *, max_iter: int, tol: float, assign: _Assigner, verbose_n: int,

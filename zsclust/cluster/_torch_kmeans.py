@@ -99,12 +99,15 @@ def mean_variance(X) -> float:
     return float((sq / n).mean())
 
 
-def kmeans_plusplus(X, x_sq, n_clusters: int, rng: np.random.Generator, n_local_trials: int | None = None):
-    """Greedy k-means++ centres of ``X`` (a device tensor): scikit-learn's procedure, its random draws from
-    ``rng`` (NumPy), every step on the device without waiting for it."""
+def kmeans_plusplus(X, n_clusters: int, rng: np.random.Generator, n_local_trials: int | None = None, *, x_sq=None):
+    """Greedy k-means++ centres of ``X`` (a float32 tensor; ``x_sq`` its rows' squared norms if at hand):
+    scikit-learn's procedure, its random draws from ``rng`` (NumPy), every step on the device without waiting
+    for it. The faiss backend's starts too (on the CPU: as fast as NumPy there, one implementation)."""
     import torch
 
     n = X.shape[0]
+    if x_sq is None:
+        x_sq = (X * X).sum(1)
     trials = n_local_trials or 2 + int(math.log(n_clusters))
     first = int(rng.integers(n))
     u = torch.as_tensor(rng.random((n_clusters, trials)), device=X.device)
@@ -203,7 +206,7 @@ def fit(X: np.ndarray, *, n_clusters: int, init, n_init: int, max_iter: int, tol
                     m = min(n, sample_per_cluster * k)
                     rows = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
                     idx = torch.as_tensor(rows, device=device)
-                    start = kmeans_plusplus(Xt[idx], x_sq[idx], k, rng)
+                    start = kmeans_plusplus(Xt[idx], k, rng, x_sq=x_sq[idx])
                 else:  # random
                     start = Xt[torch.as_tensor(rng.choice(n, k, replace=False), device=device)]
             else:
