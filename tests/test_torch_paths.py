@@ -33,14 +33,33 @@ def test_lloyd_from_the_same_start_is_scikit_learns():
     assert np.array_equal(ours.predict(X), ours.labels_)  # scikit-learn's predict on the torch centres
 
 
-@pytest.mark.parametrize("far", [False, True])  # a duplicated start, or two starts no point is near
-def test_empty_clusters_take_the_farthest_points_as_in_scikit_learn(far):
+def test_data_far_from_the_origin_is_centred_as_in_scikit_learn():
+    """|x|^2 of points far from the origin would swamp the float32 gaps between nearby centres: scikit-learn
+    centres the data (and the starts) first, and so does the torch backend."""
+    near, _ = make_blobs(n_samples=3000, centers=20, n_features=12, cluster_std=2.0, random_state=0)
+    X = (near + 3000.0).astype(np.float32)
+    start = X[np.random.default_rng(0).choice(len(X), 20, replace=False)]
+    ref = KMeans(20, init=start, n_init=1, algorithm="lloyd").fit(X)
+    ours = create_clusterer("kmeans", n_clusters=20, init=start, backend="torch").fit(X)
+    assert ours.n_iter_ == ref.n_iter_ and np.array_equal(ours.labels_, ref.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-6)
+    assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-4)
+    # seeded k-means++ starts: moving the data moves nothing else
+    seeded = create_clusterer("kmeans", n_clusters=20, random_state=0, backend="torch").fit(X)
+    at_origin = create_clusterer("kmeans", n_clusters=20, random_state=0, backend="torch").fit(near.astype(np.float32))
+    assert np.array_equal(seeded.labels_, at_origin.labels_)
+
+
+@pytest.mark.parametrize("case", ["duplicate", "far", "three far"])  # starts no point is nearest to
+def test_empty_clusters_take_the_farthest_points_as_in_scikit_learn(case):
     X = np.random.default_rng(1).normal(size=(600, 5)).astype(np.float32)
     start = X[:8].copy()
-    if far:
-        start[3], start[5] = 100.0, -100.0
-    else:
+    if case == "duplicate":
         start[3] = start[2]
+    else:
+        start[3], start[5] = 100.0, -100.0
+        if case == "three far":
+            start[6] = 200.0
     ref = KMeans(8, init=start, n_init=1).fit(X)
     ours = create_clusterer("kmeans", n_clusters=8, init=start, backend="torch").fit(X)
     assert np.unique(ours.labels_).size == 8
@@ -115,9 +134,16 @@ def test_auto_takes_the_torch_backend_only_where_torch_sees_a_gpu(monkeypatch):
         assert est._choose_backend(500, 8) == "sklearn"
         X, _ = make_blobs(n_samples=500, centers=4, random_state=0)
         assert est.fit(X).backend_ == "sklearn"
-    monkeypatch.setattr(_gpu, "cuda_available", lambda: True)  # what the choice reads, as on a GPU machine
+    # what the choice reads, as on a GPU machine with 8 GiB free
+    monkeypatch.setattr(_gpu, "cuda_available", lambda: True)
+    monkeypatch.setattr(_gpu, "free_device_bytes", lambda device: 8 * 2**30)
     assert est._choose_backend(500, 8) == "torch"
     assert create_clusterer("kmeans", n_clusters=4, backend="faiss")._choose_backend(500, 8) == "faiss"
+    big = create_clusterer("kmeans", n_clusters=1000)  # 1M x 768 needs about 4 GiB there: on the CPU instead
+    assert big._choose_backend(1_000_000, 768) == "torch"
+    assert big._choose_backend(3_000_000, 768) in ("faiss", "sklearn")
+    with pytest.raises(MemoryGuardError, match="GiB of GPU memory for 3,000,000 x 768 points"):
+        _torch_kmeans.check_device_memory(torch.device("cuda"), 3_000_000, 768, 1000, "kmeans")
     monkeypatch.setenv("ZSCLUST_GPU", "off")
     assert est._choose_backend(500, 8) == "sklearn"
     assert _gpu.torch_device().type == "cpu"
@@ -171,11 +197,16 @@ def test_auto_searches_exactly_much_further_when_the_products_run_on_a_gpu(monke
     monkeypatch.setenv("ZSCLUST_GPU", "off")
     assert resolve_method("auto", 2 * n_cpu_limit, 768) == "nndescent"
     monkeypatch.delenv("ZSCLUST_GPU")
-    monkeypatch.setattr(_gpu, "cuda_available", lambda: True)  # what the choice reads, as on a GPU machine
+    # what the choice reads, as on a GPU machine with 80 GiB free
+    monkeypatch.setattr(_gpu, "cuda_available", lambda: True)
+    monkeypatch.setattr(_gpu, "free_device_bytes", lambda device: 80 * 2**30)
     assert _knn_graph._products_device(None) == torch.device("cuda")
     assert resolve_method("auto", 1_000_000, 768) == "exact"
-    assert resolve_method("auto", 10_000_000, 768) == "nndescent"
+    assert resolve_method("auto", 3_000_000, 768) == "exact"  # 6.9e15 <= 1e16
+    assert resolve_method("auto", 10_000_000, 768) == "nndescent"  # beyond the GPU's work bound
     assert resolve_method("auto", 1_000_000, 768, metric="manhattan") == "nndescent"  # no products for l1
+    monkeypatch.setattr(_gpu, "free_device_bytes", lambda device: 4 * 2**30)  # 3 GiB of data would not fit
+    assert resolve_method("auto", 1_000_000, 768) == "nndescent"
 
 
 # ------------------------------------------------------------------------------ on a GPU

@@ -111,11 +111,11 @@ def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator) ->
     """Greedy k-means++ centres of ``X`` (NumPy, float32 products): the torch backend's, on the CPU."""
     import torch
 
-    from zsclust.cluster._gpu import full_float32_products
+    from zsclust.cluster._gpu import full_float32_products, host_tensor
     from zsclust.cluster._torch_kmeans import kmeans_plusplus as on_device
 
     with full_float32_products(), torch.no_grad():
-        return on_device(torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32)), n_clusters, rng).numpy()
+        return on_device(host_tensor(np.ascontiguousarray(X, dtype=np.float32)), n_clusters, rng).numpy()
 
 
 class _Assigner:
@@ -361,11 +361,10 @@ _SLACK = 1e-4  # a bound must win by this relative margin: float32 distances are
 
 def _mean_variance(X: np.ndarray) -> float:
     """``np.mean(np.var(X, axis=0))`` in float64, in blocks: no N x D float64 temporary (6 GiB at 1M x 768)."""
-    import torch
-
+    from zsclust.cluster._gpu import host_tensor
     from zsclust.cluster._torch_kmeans import mean_variance
 
-    return mean_variance(torch.as_tensor(X))
+    return mean_variance(host_tensor(X))
 
 
 def lloyd(X: np.ndarray, centers: np.ndarray, *, max_iter: int, tol: float, assign: _Assigner, verbose_n: int,
@@ -446,14 +445,18 @@ class KMeansBackendMixin(BackendMixin):
                               "an array of centres, not a callable.")
 
     def _choose_backend(self, n: int, d: int) -> str:
-        from zsclust.cluster._gpu import cuda_available, gpu_setting, want_gpu
+        from zsclust.cluster._gpu import cuda_available, gpu_setting, torch_device, want_gpu
 
         if self.backend not in ("auto", "cuml"):
             return self.backend
         if self.backend == "auto" and callable(self.init):  # a callable start: scikit-learn alone calls it
             return "sklearn"
         if self.backend == "auto" and gpu_setting() != "off" and cuda_available():
-            return "torch"  # the study's algorithm on the GPU, with nothing more to install
+            from zsclust.cluster._torch_kmeans import fits_device
+
+            k = int(self.get_params().get("n_clusters") or 8)
+            if fits_device(torch_device(), n, d, k):
+                return "torch"  # the study's algorithm on the GPU, with nothing more to install
         if want_gpu(self.backend, self._display_name()):
             return "cuml"
         return "faiss" if n >= FAISS_FROM and faiss_available() else "sklearn"

@@ -82,6 +82,27 @@ def full_float32_products():
         torch.set_float32_matmul_precision(before)
 
 
+def free_device_bytes(device) -> int:
+    """Free memory on a CUDA device, counting what torch's caching allocator holds but does not use (an
+    earlier job in the process, such as the embedding, leaves it reserved)."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def host_tensor(array):
+    """A CPU tensor sharing ``array``'s memory, read-only arrays (memory-mapped embeddings) included: zsclust's
+    torch paths never write to their input, so torch's warning about non-writable arrays does not apply."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.as_tensor(array)
+
+
 def gpu_available() -> bool:
     """cuML importable and a CUDA device present (checked once per process)."""
     return _probe()[0]
@@ -119,5 +140,5 @@ def to_numpy(array):
     return np.asarray(array)
 
 
-__all__ = ["ENV_GPU", "cuda_available", "full_float32_products", "gpu_available", "gpu_setting", "require_gpu",
-           "to_numpy", "torch_device", "want_gpu"]
+__all__ = ["ENV_GPU", "cuda_available", "free_device_bytes", "full_float32_products", "gpu_available", "gpu_setting",
+           "host_tensor", "require_gpu", "to_numpy", "torch_device", "want_gpu"]

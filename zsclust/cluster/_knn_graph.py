@@ -59,6 +59,7 @@ EXACT_MAX_WORK_GPU = 1.0e16
 """The same bound when the products run on a CUDA GPU (1M x 768 is 7.7e14)."""
 _CANDIDATE_MARGIN = 16  # extra candidates per row from the float32 product, re-ranked exactly
 _BLOCK_BYTES = 256 * 2**20  # one block of the distance matrix
+_DEVICE_BLOCK_BYTES = 2**30  # the same on a CUDA device
 _ANGULAR = ("cosine", "correlation", "dice", "jaccard", "ll_dirichlet", "hellinger")
 _GEMM_METRICS = ("euclidean", "cosine", "correlation")
 SHARED_METRICS = frozenset({*_GEMM_METRICS, "manhattan"})
@@ -105,7 +106,8 @@ def resolve_method(method: str, n_samples: int, n_features: int, metric: str = "
 
     work = float(n_samples) ** 2 * n_features
     gemm = umap_metric(metric) in _GEMM_METRICS
-    if gemm and _products_device(None).type == "cuda":
+    device = _products_device(None) if gemm else None
+    if device is not None and device.type == "cuda" and _fits_on(device, _device_bytes(n_samples, n_features)):
         return "exact" if work <= EXACT_MAX_WORK_GPU else "nndescent"
     if gemm and want_gpu("auto", "knn graph"):
         return "cuml"
@@ -185,10 +187,15 @@ def _products_device(device):
     return torch.device(device) if device is not None else torch_device()
 
 
-def _fits_on(device, nbytes: int) -> bool:
-    import torch
+def _device_bytes(n: int, d: int, itemsize: int = 4) -> int:
+    """CUDA memory of the candidate search: the data and two blocks of scores."""
+    return n * d * itemsize + 2 * _DEVICE_BLOCK_BYTES
 
-    return device.type != "cuda" or nbytes * 1.25 <= torch.cuda.mem_get_info(device)[0]
+
+def _fits_on(device, nbytes: int) -> bool:
+    from zsclust.cluster._gpu import free_device_bytes
+
+    return device.type != "cuda" or nbytes * 1.25 <= free_device_bytes(device)
 
 
 class _DeviceCandidates:
@@ -201,7 +208,7 @@ class _DeviceCandidates:
     def __init__(self, Y: np.ndarray, y_sq, metric: str, m: int, device):
         import torch
 
-        self.block_bytes = 2**30 if device.type == "cuda" else _BLOCK_BYTES
+        self.block_bytes = _DEVICE_BLOCK_BYTES if device.type == "cuda" else _BLOCK_BYTES
         self.Y = torch.as_tensor(Y).to(device)  # no copy on the CPU
         self.y_sq = None if y_sq is None else torch.as_tensor(y_sq).to(device)
         self.metric, self.m = metric, m
@@ -214,10 +221,12 @@ class _DeviceCandidates:
         with full_float32_products(), torch.no_grad():
             if self.metric == "euclidean":
                 s = torch.addmm(self.y_sq[None, :], self.Y[start:stop], self.Y.T, alpha=-2.0)
-            else:
-                s = -(self.Y[start:stop] @ self.Y.T)
-            best = torch.topk(s, self.m + 1, dim=1, largest=False, sorted=True)
-        return best.indices[:, :self.m].cpu().numpy(), best.values[:, self.m].cpu().numpy()
+                best = torch.topk(s, self.m + 1, dim=1, largest=False, sorted=True)
+                next_score = best.values[:, self.m]
+            else:  # score = -similarity: the largest products, without a negated copy of the block
+                best = torch.topk(self.Y[start:stop] @ self.Y.T, self.m + 1, dim=1, largest=True, sorted=True)
+                next_score = -best.values[:, self.m]
+        return best.indices[:, :self.m].cpu().numpy(), next_score.cpu().numpy()
 
 
 class _RoundingCheck:
@@ -245,11 +254,16 @@ class _RoundingCheck:
             kth = kth_distance.astype(np.float64) - 1.0
         return ~(kth + self.err[rows] < next_score.astype(np.float64))
 
-    def exact_scores(self, rows: np.ndarray) -> np.ndarray:
+    def exact_candidates(self, rows: np.ndarray, m: int) -> np.ndarray:
+        """The ``m`` best candidates of ``rows`` by float64 products (a float64 copy of the data, made the first
+        time; the rows in chunks of at most 256 MiB of scores)."""
         if self._Y64 is None:
             self._Y64, sq = _prepare_gemm(np.asarray(self.X, dtype=np.float64), self.metric)
             self._sq64 = sq
-        return _candidate_scores(self._Y64[rows], self._Y64, self._sq64, self.metric)
+        step = max(1, _BLOCK_BYTES // (8 * len(self._Y64)))
+        return np.concatenate([np.argpartition(_candidate_scores(self._Y64[rows[i:i + step]], self._Y64, self._sq64,
+                                                                 self.metric), m - 1, axis=1)[:, :m]
+                               for i in range(0, rows.size, step)])
 
 
 def exact_knn(X: np.ndarray, n_neighbors: int, metric: str = "euclidean", *, distance=None,
@@ -262,7 +276,8 @@ def exact_knn(X: np.ndarray, n_neighbors: int, metric: str = "euclidean", *, dis
     ``distance`` (a numba function of two rows; umap-learn's for ``metric`` by default) on ``X`` as
     given, and sorted (ties by index). Rows whose candidates the products' rounding could have cut
     short are searched again in float64 (:class:`_RoundingCheck`). Memory: the input, one block of at
-    most 256 MiB, and the (N, n_neighbors) result.
+    most 256 MiB, and the (N, n_neighbors) result; a float64 copy of the input once a row needs the
+    float64 search.
 
     ``device``: where torch computes the candidates for euclidean, cosine and correlation: None for a CUDA
     GPU when torch sees one (1 GiB blocks, the data copied there once), the CPU otherwise; or a torch
@@ -280,7 +295,7 @@ def exact_knn(X: np.ndarray, n_neighbors: int, metric: str = "euclidean", *, dis
     Y, y_sq = _prepare_gemm(X, metric)
     check = _RoundingCheck(X, Y, y_sq, metric) if m < n and metric in _GEMM_METRICS else None
     on = _products_device(device) if check is not None else None
-    if on is not None and device is None and not _fits_on(on, Y.nbytes + 2 * 2**30):
+    if on is not None and device is None and not _fits_on(on, _device_bytes(n, d, Y.itemsize)):
         log.warning("%s: %s has too little free memory for the %.1f GiB of data; the products run on the CPU.",
                     what, on, Y.nbytes / 2**30)
         on = _products_device("cpu")
@@ -314,8 +329,7 @@ def exact_knn(X: np.ndarray, n_neighbors: int, metric: str = "euclidean", *, dis
                 unsure = check.unsure(rows, dist_b[:, -1], next_score)
                 if unsure.any():  # rounding could have left a true neighbour out: these rows again, in float64
                     r = rows[unsure]
-                    sc = check.exact_scores(r)
-                    cand64 = np.argpartition(sc, m - 1, axis=1)[:, :m]
+                    cand64 = check.exact_candidates(r, m)
                     ex = refine(X, r, np.ascontiguousarray(cand64), distance)
                     o = np.lexsort((cand64, ex), axis=1)[:, :k]
                     idx_b[unsure] = np.take_along_axis(cand64, o, axis=1)

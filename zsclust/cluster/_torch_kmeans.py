@@ -8,8 +8,11 @@ step, in float32 on the device:
   seeded subsample of at most :data:`~zsclust.cluster._faiss.INIT_SAMPLE_PER_CLUSTER` points per cluster,
   drawn from NumPy's generator so a seed gives the same start on the CPU and on the GPU; or ``'random'``, or
   an array of centres. ``n_init`` starts, the lowest inertia kept.
-- Iteration: every point to its nearest centre (one product per block of rows), each centre to its points'
-  mean; a cluster left empty takes the point farthest from its centre, as in scikit-learn.
+- Data: centred on its mean first, as scikit-learn does (the starts too; the mean is added back to the
+  centres): far from the origin, |x|^2 would swamp the float32 differences between nearby centres.
+- Iteration: every point to the centre with the smallest ``|c|^2 - 2 x.c`` (scikit-learn's argmin; one
+  product per block of rows), each centre to its points' mean; a cluster left empty takes the point
+  farthest from its centre (scikit-learn's choice and order).
 - Stop: labels unchanged, or total squared centre shift at most ``tol`` times the mean feature variance, or
   ``max_iter``; then the labels of the final centres and the exact inertia (float64).
 
@@ -52,19 +55,30 @@ def _sq_distances(Xb, x_sq, C, c_sq):
     return d.clamp_(min=0)
 
 
-def assign(X, x_sq, C):
-    """(nearest centre, squared distance to it) of every row of ``X``, in blocks."""
+def assign(X, C):
+    """Each row's nearest centre: the argmin of ``|c|^2 - 2 x.c`` (as scikit-learn; ``|x|^2`` would only add
+    rounding), in blocks."""
     import torch
 
     n, k = X.shape[0], C.shape[0]
     labels = torch.empty(n, dtype=torch.int64, device=X.device)
-    dist = torch.empty(n, dtype=torch.float32, device=X.device)
     c_sq = (C * C).sum(1)
     step = _block_rows(n, k)
     for s in range(0, n, step):
-        best = _sq_distances(X[s:s + step], x_sq[s:s + step], C, c_sq).min(dim=1)
-        dist[s:s + step], labels[s:s + step] = best.values, best.indices
-    return labels, dist
+        labels[s:s + step] = torch.addmm(c_sq[None, :], X[s:s + step], C.T, alpha=-2.0).argmin(dim=1)
+    return labels
+
+
+def own_sq_distances(X, C, labels):
+    """Each row's squared distance to its own centre, accumulated in float64, in blocks."""
+    import torch
+
+    n = X.shape[0]
+    out = torch.empty(n, dtype=torch.float64, device=X.device)
+    step = _block_rows(n, 2 * X.shape[1])
+    for s in range(0, n, step):
+        out[s:s + step] = ((X[s:s + step].to(torch.float64) - C[labels[s:s + step]].to(torch.float64)) ** 2).sum(1)
+    return out
 
 
 def centre_sums(X, labels, k: int):
@@ -88,6 +102,28 @@ def centre_sums(X, labels, k: int):
     return sums, counts
 
 
+def _relocate_empty(X, C, labels, sums, counts) -> None:
+    """scikit-learn's ``_relocate_empty_clusters_dense``: the points farthest from their centres (exact
+    distances, NumPy's ``argpartition`` for the same order) start the empty clusters, in place; nothing
+    moves when every point sits on its centre."""
+    import torch
+
+    empty = torch.nonzero(counts == 0).flatten()
+    if not empty.numel():
+        return
+    dist = own_sq_distances(X, C, labels).cpu().numpy()
+    if dist.max() == 0:  # more clusters than distinct points
+        return
+    n_empty = empty.numel()
+    far = torch.as_tensor(np.argpartition(dist, -n_empty)[:-n_empty - 1:-1].copy(), device=X.device)
+    x = X[far].to(torch.float64)
+    for i in range(n_empty):  # in scikit-learn's order: which far point starts which empty cluster
+        old = labels[far[i]]
+        sums[old] -= x[i]
+        counts[old] -= 1.0
+        sums[empty[i]], counts[empty[i]] = x[i], 1.0
+
+
 def mean_variance(X) -> float:
     """``np.mean(np.var(X, axis=0))`` in float64, in blocks (scikit-learn's ``tol`` is relative to it)."""
     import torch
@@ -99,35 +135,37 @@ def mean_variance(X) -> float:
     return float((sq / n).mean())
 
 
-def kmeans_plusplus(X, n_clusters: int, rng: np.random.Generator, n_local_trials: int | None = None, *, x_sq=None):
-    """Greedy k-means++ centres of ``X`` (a float32 tensor; ``x_sq`` its rows' squared norms if at hand):
-    scikit-learn's procedure, its random draws from ``rng`` (NumPy), every step on the device without waiting
-    for it. The faiss backend's starts too (on the CPU: as fast as NumPy there, one implementation)."""
+def kmeans_plusplus(X, n_clusters: int, rng: np.random.Generator, n_local_trials: int | None = None, *,
+                    centred: bool = False):
+    """Greedy k-means++ centres of ``X`` (a float32 tensor): scikit-learn's procedure, on data centred on its
+    mean (a copy, unless ``centred``), its random draws from ``rng`` (NumPy), every step on the device
+    without waiting for it. The faiss backend's starts too (on the CPU as fast as NumPy: one implementation)."""
     import torch
 
     n = X.shape[0]
-    if x_sq is None:
-        x_sq = (X * X).sum(1)
+    mean = None if centred else X.mean(0, dtype=torch.float64).to(X.dtype)
+    Xc = X if centred else X - mean
+    x_sq = (Xc * Xc).sum(1)
     trials = n_local_trials or 2 + int(math.log(n_clusters))
     first = int(rng.integers(n))
     u = torch.as_tensor(rng.random((n_clusters, trials)), device=X.device)
     anywhere = torch.as_tensor(rng.integers(n, size=(n_clusters, trials)), device=X.device)
     chosen = torch.empty(n_clusters, dtype=torch.int64, device=X.device)
     chosen[0] = first
-    closest = _sq_distances(X, x_sq, X[first:first + 1], x_sq[first:first + 1])[:, 0].to(torch.float64)
+    closest = _sq_distances(Xc, x_sq, Xc[first:first + 1], x_sq[first:first + 1])[:, 0].to(torch.float64)
     for c in range(1, n_clusters):
         pot = closest.sum()
         cand = torch.searchsorted(torch.cumsum(closest, 0), u[c] * pot).clamp_(max=n - 1)
         cand = torch.where(pot > 0, cand, anywhere[c])  # fewer distinct points than clusters: any point
-        d = torch.minimum(_sq_distances(X, x_sq, X[cand], x_sq[cand]).T.to(torch.float64), closest[None, :])
+        d = torch.minimum(_sq_distances(Xc, x_sq, Xc[cand], x_sq[cand]).T.to(torch.float64), closest[None, :])
         best = torch.argmin(d.sum(1))
         chosen[c] = cand[best]
         closest = d[best]
     return X[chosen].clone()
 
 
-def lloyd(X, x_sq, centers, *, max_iter: int, tol_abs: float, desc: str = "k-means (torch)"):
-    """scikit-learn's Lloyd from ``centers`` (device tensors); (centres, labels, inertia, n_iter)."""
+def lloyd(X, centers, *, max_iter: int, tol_abs: float, desc: str = "k-means (torch)"):
+    """scikit-learn's Lloyd from ``centers`` (device tensors; ``X`` centred); (centres, labels, inertia, n_iter)."""
     import torch
 
     n, k = X.shape[0], centers.shape[0]
@@ -135,15 +173,9 @@ def lloyd(X, x_sq, centers, *, max_iter: int, tol_abs: float, desc: str = "k-mea
     previous, strict, n_iter = None, False, 0
     with bar(max_iter, f"{desc}, {X.device.type}", n, unit="iter") as progress:
         for n_iter in range(1, max_iter + 1):
-            labels, dist = assign(X, x_sq, C)
+            labels = assign(X, C)
             sums, counts = centre_sums(X, labels, k)
-            empty = torch.nonzero(counts == 0).flatten()
-            if empty.numel():  # scikit-learn: the points farthest from their centres start the empty clusters
-                far = torch.topk(dist, empty.numel()).indices
-                x = X[far].to(torch.float64)
-                sums.index_add_(0, labels[far], -x)
-                counts.index_add_(0, labels[far], torch.full_like(x[:, 0], -1.0))
-                sums[empty], counts[empty] = x, 1.0
+            _relocate_empty(X, C, labels, sums, counts)
             new = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], sums).to(torch.float32)
             shift = float(((new.to(torch.float64) - C.to(torch.float64)) ** 2).sum())
             C = new
@@ -155,32 +187,33 @@ def lloyd(X, x_sq, centers, *, max_iter: int, tol_abs: float, desc: str = "k-mea
                 break
             previous = labels
     if not strict:  # the labels of the final centres
-        labels, _ = assign(X, x_sq, C)
-    step = _block_rows(n, 2 * X.shape[1])
-    inertia = sum(float(((X[s:s + step].to(torch.float64) - C[labels[s:s + step]].to(torch.float64)) ** 2).sum())
-                  for s in range(0, n, step))
-    return C, labels, inertia, n_iter
+        labels = assign(X, C)
+    return C, labels, float(own_sq_distances(X, C, labels).sum()), n_iter
 
 
 def device_bytes(n: int, d: int, k: int) -> int:
-    """Device memory of a fit: the float32 points, two blocks (distances, one-hot), centres and sums."""
-    rows = _block_rows(n, k)
-    return n * d * 4 + n * 16 + 2 * rows * k * 4 + 4 * k * d * 8
+    """Memory of a fit where it runs: the centred float32 points, labels and distances, two blocks (distances,
+    one-hot labels) and two float64 blocks of rows, centres and sums."""
+    return n * d * 4 + n * 24 + 2 * _block_rows(n, k) * k * 4 + 2 * _BLOCK_BYTES + 4 * k * d * 8
+
+
+def fits_device(device, n: int, d: int, k: int) -> bool:
+    from zsclust.cluster._gpu import free_device_bytes
+
+    return device.type != "cuda" or device_bytes(n, d, k) * _GPU_HEADROOM <= free_device_bytes(device)
 
 
 def check_device_memory(device, n: int, d: int, k: int, owner: str) -> None:
     """Refuse, before copying anything, a fit that would not fit in the CUDA device's free memory."""
-    if device.type != "cuda":
+    if fits_device(device, n, d, k):
         return
-    import torch
+    from zsclust.cluster._gpu import free_device_bytes
 
-    free, _ = torch.cuda.mem_get_info(device)
     need = int(device_bytes(n, d, k) * _GPU_HEADROOM)
-    if need > free:
-        raise MemoryGuardError(
-            f"{owner}: backend='torch' needs about {need / 2**30:.1f} GiB of GPU memory for {n:,} x {d} points and "
-            f"K={k}, but {free / 2**30:.1f} GiB is free on {device}. Use backend: faiss (the CPU, linear memory), "
-            "free the GPU, or cluster a subsample.")
+    raise MemoryGuardError(
+        f"{owner}: backend='torch' needs about {need / 2**30:.1f} GiB of GPU memory for {n:,} x {d} points and "
+        f"K={k}, but {free_device_bytes(device) / 2**30:.1f} GiB is free on {device}. Use backend: faiss (the CPU, "
+        "linear memory), free the GPU, or cluster a subsample.")
 
 
 def fit(X: np.ndarray, *, n_clusters: int, init, n_init: int, max_iter: int, tol: float, rng: np.random.Generator,
@@ -189,6 +222,8 @@ def fit(X: np.ndarray, *, n_clusters: int, init, n_init: int, max_iter: int, tol
     inertia of ``n_init`` starts."""
     import torch
 
+    from zsclust.cluster._gpu import host_tensor
+
     device = torch_device()
     Xh = np.ascontiguousarray(X, dtype=np.float32)
     n, d = Xh.shape
@@ -196,29 +231,35 @@ def fit(X: np.ndarray, *, n_clusters: int, init, n_init: int, max_iter: int, tol
     check_device_memory(device, n, d, k, owner)
     best = None
     with full_float32_products(), torch.no_grad(), stage(f"k-means (torch, {device}): {n:,} x {d}, K={k}, "
-                                                 f"{n_init} start(s)", n):
-        Xt = torch.as_tensor(Xh).to(device)
-        x_sq = (Xt * Xt).sum(1)
+                                                         f"{n_init} start(s)", n):
+        Xt = host_tensor(Xh)
+        mean = Xt.mean(0, dtype=torch.float64).to(torch.float32).to(device)
+        if device.type == "cuda":
+            Xt = Xt.to(device)
+            Xt -= mean  # the device's copy
+        else:
+            Xt = Xt - mean  # never the caller's array
         tol_abs = mean_variance(Xt) * tol
         for _ in range(n_init):
             if isinstance(init, str):
                 if init == "k-means++":
                     m = min(n, sample_per_cluster * k)
-                    rows = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
-                    idx = torch.as_tensor(rows, device=device)
-                    start = kmeans_plusplus(Xt[idx], k, rng, x_sq=x_sq[idx])
+                    sample = Xt[torch.as_tensor(np.sort(rng.choice(n, m, replace=False)), device=device)] \
+                        if m < n else Xt
+                    start = kmeans_plusplus(sample, k, rng, centred=True)
                 else:  # random
                     start = Xt[torch.as_tensor(rng.choice(n, k, replace=False), device=device)]
             else:
                 start = torch.as_tensor(np.asarray(init, dtype=np.float32), device=device)
                 if tuple(start.shape) != (k, d):
                     raise ConfigError(f"{owner}: init has shape {tuple(start.shape)}, expected ({k}, {d}).")
-            C, labels, inertia, n_iter = lloyd(Xt, x_sq, start, max_iter=max_iter, tol_abs=tol_abs)
+                start = start - mean
+            C, labels, inertia, n_iter = lloyd(Xt, start, max_iter=max_iter, tol_abs=tol_abs)
             if best is None or inertia < best[2]:
                 best = (C, labels, inertia, n_iter)
     C, labels, inertia, n_iter = best
-    return C.cpu().numpy(), labels.cpu().numpy(), inertia, n_iter
+    return (C + mean).cpu().numpy(), labels.cpu().numpy(), inertia, n_iter
 
 
-__all__ = ["assign", "centre_sums", "check_device_memory", "device_bytes", "fit", "kmeans_plusplus", "lloyd",
-           "mean_variance"]
+__all__ = ["assign", "centre_sums", "check_device_memory", "device_bytes", "fit", "fits_device", "kmeans_plusplus",
+           "lloyd", "mean_variance", "own_sq_distances"]
