@@ -22,7 +22,8 @@ one-hot label matrix, accumulated in float64 across blocks: unlike ``index_add_`
 same bits on every run. Unlike the faiss backend there are no bounds that skip settled points: on a GPU a
 full pass over 1M x 768 points and 1000 centres is a few tens of milliseconds.
 
-Where it runs: ``auto`` picks it when torch sees a CUDA device (``ZSCLUST_GPU=off`` keeps the CPU); asked
+Where it runs: ``auto`` picks it when torch sees a CUDA device with room for the fit (``ZSCLUST_GPU=off``
+keeps the CPU); asked
 for by name it runs on CUDA when present, on the CPU otherwise (exact, but without faiss's bounds it is
 slower there than the faiss backend at large N).
 """
