@@ -102,11 +102,11 @@ def resolve_method(method: str, n_samples: int, n_features: int, metric: str = "
         raise ConfigError(f"knn graph method {method!r} is not one of {', '.join(METHODS)}.")
     if method != "auto":
         return method
-    from zsclust.cluster._gpu import want_gpu
+    from zsclust.cluster._gpu import cuda_available, want_gpu
 
     work = float(n_samples) ** 2 * n_features
     gemm = umap_metric(metric) in _GEMM_METRICS
-    device = _products_device(None) if gemm else None
+    device = _products_device(None) if gemm and cuda_available() else None  # no torch import without a GPU
     if device is not None and device.type == "cuda" and _fits_on(device, _device_bytes(n_samples, n_features)):
         return "exact" if work <= EXACT_MAX_WORK_GPU else "nndescent"
     if gemm and want_gpu("auto", "knn graph"):
