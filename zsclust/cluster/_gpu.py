@@ -91,6 +91,15 @@ def free_device_bytes(device) -> int:
     return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
 
+DEVICE_HEADROOM = 1.25
+"""A fit goes to a CUDA device only when its estimate times this fits the free memory."""
+
+
+def fits_on(device, nbytes: int) -> bool:
+    """Whether ``nbytes`` (with :data:`DEVICE_HEADROOM`) fit in a CUDA device's free memory; always on the CPU."""
+    return device.type != "cuda" or nbytes * DEVICE_HEADROOM <= free_device_bytes(device)
+
+
 def host_tensor(array):
     """A CPU tensor sharing ``array``'s memory, read-only arrays (memory-mapped embeddings) included: zsclust's
     torch paths never write to their input, so torch's warning about non-writable arrays does not apply."""
@@ -140,5 +149,5 @@ def to_numpy(array):
     return np.asarray(array)
 
 
-__all__ = ["ENV_GPU", "cuda_available", "free_device_bytes", "full_float32_products", "gpu_available", "gpu_setting",
-           "host_tensor", "require_gpu", "to_numpy", "torch_device", "want_gpu"]
+__all__ = ["DEVICE_HEADROOM", "ENV_GPU", "cuda_available", "fits_on", "free_device_bytes", "full_float32_products",
+           "gpu_available", "gpu_setting", "host_tensor", "require_gpu", "to_numpy", "torch_device", "want_gpu"]

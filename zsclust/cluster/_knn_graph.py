@@ -102,12 +102,12 @@ def resolve_method(method: str, n_samples: int, n_features: int, metric: str = "
         raise ConfigError(f"knn graph method {method!r} is not one of {', '.join(METHODS)}.")
     if method != "auto":
         return method
-    from zsclust.cluster._gpu import cuda_available, want_gpu
+    from zsclust.cluster._gpu import cuda_available, fits_on, want_gpu
 
     work = float(n_samples) ** 2 * n_features
     gemm = umap_metric(metric) in _GEMM_METRICS
     device = _products_device(None) if gemm and cuda_available() else None  # no torch import without a GPU
-    if device is not None and device.type == "cuda" and _fits_on(device, _device_bytes(n_samples, n_features)):
+    if device is not None and device.type == "cuda" and fits_on(device, _device_bytes(n_samples, n_features)):
         return "exact" if work <= EXACT_MAX_WORK_GPU else "nndescent"
     if gemm and want_gpu("auto", "knn graph"):
         return "cuml"
@@ -190,12 +190,6 @@ def _products_device(device):
 def _device_bytes(n: int, d: int, itemsize: int = 4) -> int:
     """CUDA memory of the candidate search: the data and two blocks of scores."""
     return n * d * itemsize + 2 * _DEVICE_BLOCK_BYTES
-
-
-def _fits_on(device, nbytes: int) -> bool:
-    from zsclust.cluster._gpu import free_device_bytes
-
-    return device.type != "cuda" or nbytes * 1.25 <= free_device_bytes(device)
 
 
 class _DeviceCandidates:
@@ -294,8 +288,10 @@ def exact_knn(X: np.ndarray, n_neighbors: int, metric: str = "euclidean", *, dis
     refine = _refine_kernel()
     Y, y_sq = _prepare_gemm(X, metric)
     check = _RoundingCheck(X, Y, y_sq, metric) if m < n and metric in _GEMM_METRICS else None
+    from zsclust.cluster._gpu import fits_on
+
     on = _products_device(device) if check is not None else None
-    if on is not None and device is None and not _fits_on(on, _device_bytes(n, d, Y.itemsize)):
+    if on is not None and device is None and not fits_on(on, _device_bytes(n, d, Y.itemsize)):
         log.warning("%s: %s has too little free memory for the %.1f GiB of data; the products run on the CPU.",
                     what, on, Y.nbytes / 2**30)
         on = _products_device("cpu")

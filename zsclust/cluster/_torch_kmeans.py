@@ -23,9 +23,8 @@ same bits on every run. Unlike the faiss backend there are no bounds that skip s
 full pass over 1M x 768 points and 1000 centres is a few tens of milliseconds.
 
 Where it runs: ``auto`` picks it when torch sees a CUDA device with room for the fit (``ZSCLUST_GPU=off``
-keeps the CPU); asked
-for by name it runs on CUDA when present, on the CPU otherwise (exact, but without faiss's bounds it is
-slower there than the faiss backend at large N).
+keeps the CPU); asked for by name it runs on CUDA when present, on the CPU otherwise (exact, but without
+faiss's bounds it is slower there than the faiss backend at large N).
 """
 
 from __future__ import annotations
@@ -34,13 +33,13 @@ import math
 
 import numpy as np
 
-from zsclust.cluster._gpu import full_float32_products, torch_device
+from zsclust.cluster import _gpu
+from zsclust.cluster._gpu import DEVICE_HEADROOM, full_float32_products, torch_device
 from zsclust.cluster._progress import bar, stage
 from zsclust.errors import ConfigError, MemoryGuardError
 
 _BLOCK_BYTES = 256 * 2**20
 """Bytes of one block of point-to-centre distances (and of its one-hot matrix on CUDA)."""
-_GPU_HEADROOM = 1.25
 
 
 def _block_rows(n: int, k: int) -> int:
@@ -199,21 +198,17 @@ def device_bytes(n: int, d: int, k: int) -> int:
 
 
 def fits_device(device, n: int, d: int, k: int) -> bool:
-    from zsclust.cluster._gpu import free_device_bytes
-
-    return device.type != "cuda" or device_bytes(n, d, k) * _GPU_HEADROOM <= free_device_bytes(device)
+    return _gpu.fits_on(device, device_bytes(n, d, k))
 
 
 def check_device_memory(device, n: int, d: int, k: int, owner: str) -> None:
     """Refuse, before copying anything, a fit that would not fit in the CUDA device's free memory."""
     if fits_device(device, n, d, k):
         return
-    from zsclust.cluster._gpu import free_device_bytes
-
-    need = int(device_bytes(n, d, k) * _GPU_HEADROOM)
+    need = int(device_bytes(n, d, k) * DEVICE_HEADROOM)
     raise MemoryGuardError(
         f"{owner}: backend='torch' needs about {need / 2**30:.1f} GiB of GPU memory for {n:,} x {d} points and "
-        f"K={k}, but {free_device_bytes(device) / 2**30:.1f} GiB is free on {device}. Use backend: faiss (the CPU, "
+        f"K={k}, but {_gpu.free_device_bytes(device) / 2**30:.1f} GiB is free on {device}. Use backend: faiss (the CPU, "
         "linear memory), free the GPU, or cluster a subsample.")
 
 
