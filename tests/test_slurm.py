@@ -42,16 +42,18 @@ def grid(tmp_path_factory, tiny_weights):
     shim = bin_dir / "zsclust"
     shim.write_text(f"#!/bin/sh\nexport PYTHONPATH={REPO}:{bin_dir}\nexec {sys.executable} -m zsclust \"$@\"\n")
     # A clusterer that holds the sweep until the test says so, so a cancel lands mid-sweep on any machine
-    # (imported by path): its first fit on a cell runs at once; later ones wait (at most 120 s) for the file
-    # "slow-gate". The sweep's smoke fits (every process checks each setup on a few hundred synthetic points
-    # before planning) pass at once: gated, they held each sweep for minutes before its first job.
+    # (imported by path): its first fit on a cell runs at once; later ones wait for the file "slow-gate" (at
+    # most 20 min, a safety net only: a 120-s limit once expired on a loaded CI machine before the test's
+    # poll saw the first finished job, and the sweep ran to the end uncancelled). The sweep's smoke fits
+    # (every process checks each setup on a few hundred synthetic points before planning) pass at once:
+    # gated, they held each sweep for minutes before its first job.
     (bin_dir / "slowfit.py").write_text(
         "import os, time\nfrom pathlib import Path\nfrom sklearn.cluster import KMeans\n\n"
         "HERE = Path(__file__).parent\n\n"
         "class SlowKMeans(KMeans):\n    def fit(self, X, y=None, sample_weight=None):\n"
         "        if len(X) == 24:  # a cell of the grid (3 classes x 8 images), not a smoke fit\n"
         "            try:\n                os.close(os.open(HERE / 'slow-first', os.O_CREAT | os.O_EXCL))\n"
-        "            except FileExistsError:\n                deadline = time.time() + 120\n"
+        "            except FileExistsError:\n                deadline = time.time() + 1200\n"
         "                while not (HERE / 'slow-gate').exists() and time.time() < deadline:\n"
         "                    time.sleep(0.2)\n"
         "        return super().fit(X, y, sample_weight)\n")
@@ -141,6 +143,7 @@ def test_embed_script_then_sweep_script_cancelled_and_resubmitted(slurm_cluster,
     try:  # a loaded machine once took 300 s to the first finished job
         slurm_cluster.wait(job, timeout=600, until=lambda: _finished_jobs(db) >= 1 or not slurm_cluster.states(job))
     except AssertionError as e:
+        slurm_cluster.cancel(job)  # else its gated fit holds a task of the cluster for the tests after this one
         sweep_log = first_out.read_text() if first_out.exists() else "(none yet)"
         raise AssertionError(f"{e}\n--- sweep output\n{sweep_log}\npolling errors: {sorted(set(_POLL_ERRORS))}") from None
     slurm_cluster.cancel(job)
