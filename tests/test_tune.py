@@ -190,6 +190,10 @@ def test_each_distinct_reduction_is_fitted_once_per_study(tmp_path):
     # a grid study fits its two reductions before the first trial (workers share them out): every trial hits
     hits = [t.user_attrs["zsclust.metrics"]["blobs.reduction_cache_hit"] for t in load(tmp_path).trials]
     assert hits == [1.0] * 6 and len(list((tmp_path / "reductions").glob("*.npy"))) == 2
+    # the trials come in the order the reductions are fitted (largest first), the grid's own order within one
+    order = [(t.params["reducer.n_components"], t.params["clusterer.n_init"])
+             for t in sorted(load(tmp_path).trials, key=lambda t: t.number)]
+    assert order == [(5, 1), (5, 2), (5, 3), (2, 1), (2, 2), (2, 3)]
 
 
 def test_weighted_objective_reports_each_set_and_prunes_after_the_first(tmp_path):
@@ -314,6 +318,25 @@ def test_two_workers_share_one_study_exactly(tmp_path):
     [parent] = [r for r in runs if r.data.tags.get("zsclust.role") == "study"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(int(r.data.params["trial.number"]) for r in children) == list(range(24))
+    # both workers finish together; one writes the parent's summary, once (two at once collided in MLflow)
+    assert not any("could not write the study summary" in o for o in outs), outs
+    assert parent.info.status == "FINISHED" and parent.data.tags["zsclust.study_complete"] == "true"
+    assert len(client.get_metric_history(parent.info.run_id, "n_trials_complete")) == 1
+
+    # a summary claimed by a process that died before writing it is written by the next worker (here a rerun)
+    study = load(tmp_path)
+    mark = study.user_attrs["zsclust.summary"]
+    assert mark["done"] and mark["state"][:3] == [24, 0, 0]
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = {k: v for k, v in mark.items() if k != "zsclust.process"}  # host and pid name it
+    study.set_user_attr("zsclust.summary", {**dead, "done": False, "zsclust.pid": str(gone.pid), "at": time.time()})
+    rerun = _worker(cfg, npz)
+    assert rerun.communicate(timeout=240)[0] and rerun.returncode == 0
+    assert len(client.get_metric_history(parent.info.run_id, "n_trials_complete")) == 2
+    rerun = _worker(cfg, npz)  # ... and not again once it is written
+    assert rerun.communicate(timeout=240)[0] and rerun.returncode == 0
+    assert len(client.get_metric_history(parent.info.run_id, "n_trials_complete")) == 2
 
 
 def test_study_workers_start_local_processes_that_share_the_study(tmp_path):

@@ -35,6 +35,10 @@ from zsclust._secrets import redact, redact_config, redact_text
 __all__ = ["StudyResult", "StudyRunner", "default_storage_url", "open_storage", "study_status", "TrialsFailingError"]
 
 MAX_CONSECUTIVE_FAILURES = 5
+SUMMARY_ATTR = "zsclust.summary"
+"""Study attribute: which worker writes (or wrote) the parent run's summary of which state."""
+SUMMARY_STALE_S = 600
+"""An unfinished summary claimed by another host this long ago is written again."""
 
 
 class TrialsFailingError(ZsclustError, RuntimeError):
@@ -237,6 +241,8 @@ class StudyRunner:
                                     retry_stale=s.retry_stale)
         self.lock = storage_lock(self.url, s.name)
         grid = self.space.grid() if s.sampler == "grid" else None
+        if grid is not None and hasattr(self.objective, "grid_order"):
+            grid = self.objective.grid_order(grid)
         if grid is not None and len(grid) < self.n_trials:
             self.notes.append(f"the grid has {len(grid)} points: n_trials {self.n_trials} -> {len(grid)}")
             self.n_trials = len(grid)
@@ -487,12 +493,35 @@ class StudyRunner:
         result.spearman = _report.spearman_silhouette_ami(trials, [d.name for d in self.objective.datasets], sil)
         if self.tracker is not None and self.parent_run_id:
             result.tracking_uri, result.experiment = self.tracker.display_uri, self.tracker.experiment_name
-            try:
-                _report.log_study(self.tracker, self.parent_run_id, self.study, result, sil, self.cfg.objective.metric)
-            except Exception as e:
-                warnings.warn(f"MLflow: could not write the study summary: {e}", RuntimeWarning, stacklevel=2)
-                result.notes.append(f"MLflow summary failed: {e}")
+            state = [result.n_complete, result.n_pruned, result.n_failed, result.best_trial]
+            if self._claim_summary(state):
+                try:
+                    _report.log_study(self.tracker, self.parent_run_id, self.study, result, sil,
+                                      self.cfg.objective.metric)
+                    self.study.set_user_attr(SUMMARY_ATTR, {**self.study.user_attrs[SUMMARY_ATTR], "done": True})
+                except Exception as e:
+                    self.study.set_user_attr(SUMMARY_ATTR, None)  # the next worker or rerun writes it
+                    warnings.warn(f"MLflow: could not write the study summary: {e}", RuntimeWarning, stacklevel=2)
+                    result.notes.append(f"MLflow summary failed: {e}")
         return result
+
+    def _claim_summary(self, state: list) -> bool:
+        """Whether this worker writes the parent run's summary of ``state`` (the trial counts and the best trial).
+
+        Workers of one study finish together (each waits for the others' trials), and two writing the same
+        summary at once collided in MLflow's tag table (a UNIQUE constraint failed in one of them). Under the
+        storage lock the first worker marks the state as its own; the others skip it unless it was left by a
+        process that is gone (on this host), or unfinished for :data:`SUMMARY_STALE_S` (another host).
+        """
+        from zsclust.tracking._orphans import is_orphan, owner_tags
+
+        with self.lock:
+            mark = self.study.user_attrs.get(SUMMARY_ATTR)
+            if mark and mark.get("state") == state and (
+                    mark.get("done") or (not is_orphan(mark) and time.time() - mark.get("at", 0) < SUMMARY_STALE_S)):
+                return False
+            self.study.set_user_attr(SUMMARY_ATTR, {"state": state, "at": time.time(), "done": False, **owner_tags()})
+            return True
 
 
 def _short(v) -> str:
