@@ -110,6 +110,17 @@ def test_starts_stopping_rule_and_what_it_refuses():
         create_clusterer("kmeans", n_clusters=3, backend="torch", init=lambda X, k, random_state: X[:k]).fit(X)
 
 
+def test_the_tolerance_is_relative_to_the_mean_variance_in_float64():
+    """scikit-learn's ``tol`` times the mean of the column variances: float64 passes on CPU tensors (strided too),
+    far from the origin, with a constant column, and for one row."""
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(5000, 9)) * np.arange(1, 10) + 3000.0).astype(np.float32)
+    X[:, 4] = 7.0
+    for data in (X, X[::3, 1:], X[:1]):
+        want = float(np.mean(np.var(data.astype(np.float64), axis=0)))
+        assert _torch_kmeans.mean_variance(torch.from_numpy(np.asarray(data))) == pytest.approx(want, rel=1e-12, abs=1e-300)
+
+
 def test_products_run_at_full_float32_precision_and_the_setting_is_restored(monkeypatch):
     """The embedding job sets 'high' (TF32 on a GPU) for its encoder; K-Means must not inherit it."""
     X, _ = make_blobs(n_samples=1500, centers=6, n_features=10, random_state=5)

@@ -125,14 +125,47 @@ def _relocate_empty(X, C, labels, sums, counts) -> None:
 
 
 def mean_variance(X) -> float:
-    """``np.mean(np.var(X, axis=0))`` in float64, in blocks (scikit-learn's ``tol`` is relative to it)."""
+    """``np.mean(np.var(X, axis=0))`` in float64 (scikit-learn's ``tol`` is relative to it): in blocks on the
+    device, or two parallel numba passes over a CPU tensor (torch's float64 reductions on the CPU took 8.7 s
+    for 1M x 768 on two cores, the numba passes 0.25 s)."""
     import torch
 
     n = X.shape[0]
+    if X.device.type == "cpu":
+        return _cpu_mean_variance(X.numpy())
     step = _block_rows(n, 2 * X.shape[1])
     mean = sum(X[s:s + step].sum(0, dtype=torch.float64) for s in range(0, n, step)) / n
     sq = sum(((X[s:s + step].to(torch.float64) - mean) ** 2).sum(0) for s in range(0, n, step))
     return float((sq / n).mean())
+
+
+_COLUMN_SUMS = None
+_CHUNKS = 64  # fixed: the sums do not depend on the number of threads
+
+
+def _cpu_mean_variance(X: np.ndarray) -> float:
+    global _COLUMN_SUMS
+    if _COLUMN_SUMS is None:
+        import numba
+
+        @numba.njit(parallel=True, cache=True)
+        def column_sums(X, centre, squares, chunks):
+            """Per column: the sum of (x - centre), or of its square, in float64; one chunk of rows per task."""
+            n, d = X.shape
+            out = np.zeros((chunks, d))
+            step = (n + chunks - 1) // chunks
+            for c in numba.prange(chunks):
+                acc = out[c]
+                for i in range(c * step, min(n, (c + 1) * step)):
+                    for j in range(d):
+                        v = np.float64(X[i, j]) - centre[j]
+                        acc[j] += v * v if squares else v
+            return out.sum(0)
+
+        _COLUMN_SUMS = column_sums
+    n, d = X.shape
+    mean = _COLUMN_SUMS(X, np.zeros(d), False, _CHUNKS) / n
+    return float((_COLUMN_SUMS(X, mean, True, _CHUNKS) / n).mean())
 
 
 def kmeans_plusplus(X, n_clusters: int, rng: np.random.Generator, n_local_trials: int | None = None, *,
