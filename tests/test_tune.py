@@ -406,3 +406,24 @@ def test_cli_prints_config_and_evaluate_names_unknown_studies(tmp_path, capsys):
     assert "n_trials: 3" in printed and "distance_threshold:" in printed
     code = main(["evaluate", "--study", "nope", "--storage", f"sqlite:///{tmp_path / 'x.db'}"])
     assert code == 2 and "No study 'nope'" in capsys.readouterr().err
+
+
+def test_local_workers_share_the_cores_during_trials(monkeypatch):
+    """With study.workers processes on one machine, a trial runs on cores // workers threads (BLAS/OpenMP,
+    numba, torch), so it does not slow another worker's single-threaded UMAP layout; restored afterwards."""
+    import numba
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from zsclust.tune._workers import ENV_LOCAL_WORKERS, shared_cores
+
+    cores = os.cpu_count() or 1
+    before = numba.get_num_threads(), torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()]
+    monkeypatch.setenv(ENV_LOCAL_WORKERS, str(cores))  # one worker per core: one thread each
+    with shared_cores():
+        assert numba.get_num_threads() == 1 and torch.get_num_threads() == 1
+        assert {p["num_threads"] for p in threadpool_info()} == {1}
+    assert (numba.get_num_threads(), torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()]) == before
+    monkeypatch.delenv(ENV_LOCAL_WORKERS)
+    with shared_cores():  # one process: every core
+        assert numba.get_num_threads() == before[0] and torch.get_num_threads() == before[1]

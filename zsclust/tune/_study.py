@@ -391,10 +391,13 @@ class StudyRunner:
         import optuna
         from optuna.trial import TrialState
 
+        from ._workers import shared_cores
+
         with _Heartbeat(self.storage, trial._trial_id, self.cfg.study.heartbeat_interval):
             trial.set_user_attr("zsclust.worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
             try:
-                value = self.objective(trial)
+                with shared_cores():
+                    value = self.objective(trial)
             except optuna.TrialPruned:
                 return self._tell(trial, state=TrialState.PRUNED)
             except KeyboardInterrupt:
