@@ -334,9 +334,10 @@ def test_two_workers_share_one_study_exactly(tmp_path):
     rerun = _worker(cfg, npz)
     assert rerun.communicate(timeout=240)[0] and rerun.returncode == 0
     assert len(client.get_metric_history(parent.info.run_id, "n_trials_complete")) == 2
-    rerun = _worker(cfg, npz)  # ... and not again once it is written
+    rerun = _worker(cfg, npz)  # ... and not again once it is written, the parent left FINISHED by the rerun
     assert rerun.communicate(timeout=240)[0] and rerun.returncode == 0
     assert len(client.get_metric_history(parent.info.run_id, "n_trials_complete")) == 2
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
 def test_study_workers_start_local_processes_that_share_the_study(tmp_path):

@@ -497,7 +497,10 @@ class StudyRunner:
         if self.tracker is not None and self.parent_run_id:
             result.tracking_uri, result.experiment = self.tracker.display_uri, self.tracker.experiment_name
             state = [result.n_complete, result.n_pruned, result.n_failed, result.best_trial]
-            if self._claim_summary(state):
+            claimed, written = self._claim_summary(state)
+            if written:  # by another worker; this one may have set the parent RUNNING again when it joined
+                self.tracker.end_run(self.parent_run_id, status="FINISHED")
+            if claimed:
                 try:
                     _report.log_study(self.tracker, self.parent_run_id, self.study, result, sil,
                                       self.cfg.objective.metric)
@@ -508,8 +511,9 @@ class StudyRunner:
                     result.notes.append(f"MLflow summary failed: {e}")
         return result
 
-    def _claim_summary(self, state: list) -> bool:
-        """Whether this worker writes the parent run's summary of ``state`` (the trial counts and the best trial).
+    def _claim_summary(self, state: list) -> tuple[bool, bool]:
+        """(whether this worker writes the parent run's summary of ``state``, the trial counts and the best trial;
+        whether another worker has written it already).
 
         Workers of one study finish together (each waits for the others' trials), and two writing the same
         summary at once collided in MLflow's tag table (a UNIQUE constraint failed in one of them). Under the
@@ -520,11 +524,13 @@ class StudyRunner:
 
         with self.lock:
             mark = self.study.user_attrs.get(SUMMARY_ATTR)
-            if mark and mark.get("state") == state and (
-                    mark.get("done") or (not is_orphan(mark) and time.time() - mark.get("at", 0) < SUMMARY_STALE_S)):
-                return False
+            if mark and mark.get("state") == state:
+                if mark.get("done"):
+                    return False, True
+                if not is_orphan(mark) and time.time() - mark.get("at", 0) < SUMMARY_STALE_S:
+                    return False, False  # being written
             self.study.set_user_attr(SUMMARY_ATTR, {"state": state, "at": time.time(), "done": False, **owner_tags()})
-            return True
+            return True, False
 
 
 def _short(v) -> str:
