@@ -425,6 +425,10 @@ def test_local_workers_share_the_cores_during_trials(monkeypatch):
         assert numba.get_num_threads() == 1 and torch.get_num_threads() == 1
         assert {p["num_threads"] for p in threadpool_info()} == {1}
     assert (numba.get_num_threads(), torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()]) == before
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)  # a big node's share:
+    with shared_cores():  # 64 // cores threads each, but never more than a library had
+        assert numba.get_num_threads() <= before[0] and torch.get_num_threads() <= before[1]
+        assert all(p["num_threads"] <= n for p, n in zip(threadpool_info(), before[2]))
     monkeypatch.delenv(ENV_LOCAL_WORKERS)
     with shared_cores():  # one process: every core
         assert numba.get_num_threads() == before[0] and torch.get_num_threads() == before[1]

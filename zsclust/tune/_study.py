@@ -498,15 +498,20 @@ class StudyRunner:
             result.tracking_uri, result.experiment = self.tracker.display_uri, self.tracker.experiment_name
             state = [result.n_complete, result.n_pruned, result.n_failed, result.best_trial]
             claimed, written = self._claim_summary(state)
+            if not claimed and not written:  # another worker is writing it: it ends the parent when done
+                written = self._wait_for_summary(state)
             if written:  # by another worker; this one may have set the parent RUNNING again when it joined
-                self.tracker.end_run(self.parent_run_id, status="FINISHED")
+                try:
+                    self.tracker.end_run(self.parent_run_id, status="FINISHED")
+                except Exception as e:  # tracking must not fail a finished study
+                    warnings.warn(f"MLflow: could not close the study's parent run: {e}", RuntimeWarning, stacklevel=2)
             if claimed:
                 try:
                     _report.log_study(self.tracker, self.parent_run_id, self.study, result, sil,
                                       self.cfg.objective.metric)
-                    self.study.set_user_attr(SUMMARY_ATTR, {**self.study.user_attrs[SUMMARY_ATTR], "done": True})
+                    self._release_summary(state, done=True)
                 except Exception as e:
-                    self.study.set_user_attr(SUMMARY_ATTR, None)  # the next worker or rerun writes it
+                    self._release_summary(state, done=False)  # the next worker or rerun writes it
                     warnings.warn(f"MLflow: could not write the study summary: {e}", RuntimeWarning, stacklevel=2)
                     result.notes.append(f"MLflow summary failed: {e}")
         return result
@@ -518,19 +523,56 @@ class StudyRunner:
         Workers of one study finish together (each waits for the others' trials), and two writing the same
         summary at once collided in MLflow's tag table (a UNIQUE constraint failed in one of them). Under the
         storage lock the first worker marks the state as its own; the others skip it unless it was left by a
-        process that is gone (on this host), or unfinished for :data:`SUMMARY_STALE_S` (another host).
+        process that is gone (on this host), or, claimed on another host, unfinished for
+        :data:`SUMMARY_STALE_S`.
         """
-        from zsclust.tracking._orphans import is_orphan, owner_tags
-
         with self.lock:
             mark = self.study.user_attrs.get(SUMMARY_ATTR)
             if mark and mark.get("state") == state:
                 if mark.get("done"):
                     return False, True
-                if not is_orphan(mark) and time.time() - mark.get("at", 0) < SUMMARY_STALE_S:
+                if _claim_alive(mark):
                     return False, False  # being written
-            self.study.set_user_attr(SUMMARY_ATTR, {"state": state, "at": time.time(), "done": False, **owner_tags()})
+            self.study.set_user_attr(SUMMARY_ATTR, {"state": state, "at": time.time(), "done": False, **_owner()})
             return True, False
+
+    def _release_summary(self, state: list, *, done: bool) -> None:
+        """Mark this worker's claim on ``state`` written (``done``) or drop it, only if it is still this worker's."""
+        with self.lock:
+            mark = self.study.user_attrs.get(SUMMARY_ATTR)
+            me = _owner()
+            if not mark or mark.get("state") != state or any(mark.get(k) != me[k] for k in me):
+                return  # taken over by another worker meanwhile: theirs now
+            self.study.set_user_attr(SUMMARY_ATTR, {**mark, "done": True} if done else None)
+
+    def _wait_for_summary(self, state: list, timeout: float = 60.0) -> bool:
+        """Whether another worker's summary of ``state`` got written within ``timeout`` seconds (it ends the
+        parent run itself; this worker ends it again only in case it set it RUNNING after that)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            mark = self.study.user_attrs.get(SUMMARY_ATTR) or {}
+            if mark.get("state") != state or not _claim_alive(mark):
+                return False
+            if mark.get("done"):
+                return True
+            time.sleep(0.5)
+        return False
+
+
+def _owner() -> dict[str, str]:
+    from zsclust.tracking._orphans import owner_tags
+
+    return owner_tags()
+
+
+def _claim_alive(mark: dict) -> bool:
+    """A summary claim whose writer may still be at work: its process exists (this host), or it is younger than
+    :data:`SUMMARY_STALE_S` (another host, where that cannot be seen)."""
+    from zsclust.tracking._orphans import HOST_TAG, is_orphan
+
+    if is_orphan(mark):
+        return False
+    return mark.get(HOST_TAG) == socket.gethostname() or time.time() - mark.get("at", 0) < SUMMARY_STALE_S
 
 
 def _short(v) -> str:

@@ -31,6 +31,7 @@ class LocalWorkers:
 
     def __init__(self, cfgs):
         self.cfgs, self.procs, self.tmp = cfgs, [], None
+        self._env_before, self._env_set = None, False
 
     def __enter__(self):
         from omegaconf import open_dict
@@ -49,9 +50,10 @@ class LocalWorkers:
         code = ("import sys, optuna; from zsclust.jobs import tune; from zsclust.tune._workers import load_configs; "
                 "optuna.logging.set_verbosity(optuna.logging.WARNING); tune(load_configs(sys.argv[1]), progress=False)")
         print(f"study.workers={extra + 1}: starting {extra} more worker process(es) on this machine", flush=True)
-        self._env_before = os.environ.get(ENV_LOCAL_WORKERS)
+        env = {**os.environ, ENV_LOCAL_WORKERS: str(extra + 1)}
+        self.procs = [subprocess.Popen([sys.executable, "-c", code, self.tmp], env=env) for _ in range(extra)]
+        self._env_before, self._env_set = os.environ.get(ENV_LOCAL_WORKERS), True
         os.environ[ENV_LOCAL_WORKERS] = str(extra + 1)  # this process's trials share the cores too
-        self.procs = [subprocess.Popen([sys.executable, "-c", code, self.tmp]) for _ in range(extra)]
         return self
 
     def wait(self) -> None:
@@ -70,19 +72,22 @@ class LocalWorkers:
                 p.wait(timeout=30)
             except Exception:
                 p.kill()
-        if self.tmp:
-            os.unlink(self.tmp)
+        if self._env_set:
             if self._env_before is None:
                 os.environ.pop(ENV_LOCAL_WORKERS, None)
             else:
                 os.environ[ENV_LOCAL_WORKERS] = self._env_before
+        if self.tmp:
+            os.unlink(self.tmp)
         return False
 
 
 @contextlib.contextmanager
 def shared_cores():
     """Run a trial on this process's share of the cores when ``study.workers`` processes share the machine:
-    ``cores // workers`` threads for BLAS and OpenMP (threadpoolctl), numba and torch, restored afterwards.
+    at most ``cores // workers`` threads (the cores this process may run on) for BLAS and OpenMP
+    (threadpoolctl), numba and torch, never more than each had; restored afterwards. A trial that imports
+    torch for the first time runs torch's part on torch's default.
 
     A worker's reductions are fitted by umap-learn's seeded layout on one thread; a trial of another worker
     beside it ran its products and numba loops on every core, and on two cores slowed that layout (the
@@ -94,16 +99,21 @@ def shared_cores():
         yield
         return
     import numba
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_info, threadpool_limits
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    try:
+        cores = len(os.sched_getaffinity(0))  # what this process may use (cgroups, taskset, SLURM)
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    threads = max(1, cores // workers)
     torch = sys.modules.get("torch")  # never imported for this
     before = numba.get_num_threads(), (torch.get_num_threads() if torch is not None else None)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(threads, before[0]))  # lowered, never raised
     if torch is not None:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(min(threads, before[1]))
+    limits = {pool["filepath"]: min(threads, pool["num_threads"]) for pool in threadpool_info()}
     try:
-        with threadpool_limits(limits=threads):
+        with threadpool_limits(limits=limits):
             yield
     finally:
         numba.set_num_threads(before[0])
