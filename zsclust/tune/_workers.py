@@ -101,11 +101,9 @@ def shared_cores():
     import numba
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    try:
-        cores = len(os.sched_getaffinity(0))  # what this process may use (cgroups, taskset, SLURM)
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    threads = max(1, cores // workers)
+    from zsclust._ranks import available_cores
+
+    threads = max(1, available_cores() // workers)
     torch = sys.modules.get("torch")  # never imported for this
     before = numba.get_num_threads(), (torch.get_num_threads() if torch is not None else None)
     numba.set_num_threads(min(threads, before[0]))  # lowered, never raised
