@@ -190,6 +190,73 @@ def test_jpeg_draft_decoding_stays_close_to_full_decode(tmp_path):
     assert (fast - full).abs().mean() < 0.03
 
 
+def test_jpeg_size_reads_the_frame_header_like_pil(tmp_path):
+    from zsclust.data._sources import jpeg_size
+
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 5000  # a long APP1 segment before the frame header
+    variants = {
+        "baseline": (rgb, {}),
+        "progressive": (rgb, {"progressive": True}),
+        "exif_and_icc": (rgb, {"exif": exif.tobytes(), "icc_profile": b"\0" * 3000}),
+        "grey": (rgb.convert("L"), {}),
+        "cmyk": (rgb.convert("CMYK"), {}),
+        "subsampled": (rgb.resize((301, 1207)), {"subsampling": 2, "optimize": True}),
+    }
+    for name, (img, kwargs) in variants.items():
+        path = tmp_path / f"{name}.jpg"
+        img.save(path, quality=85, **kwargs)
+        with Image.open(path) as opened:
+            assert jpeg_size(path.read_bytes()) == opened.size, name
+    assert jpeg_size(b"") is None and jpeg_size(b"\x89PNG\r\n\x1a\n" + bytes(20)) is None
+    cut = (tmp_path / "baseline.jpg").read_bytes()[:20]  # ends inside the first segment
+    assert jpeg_size(cut) is None
+
+
+def test_batches_decode_in_threads_in_the_loading_process_only(tmp_path):
+    import threading
+
+    from torch.utils.data import DataLoader, Subset
+
+    from conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "imgs", classes=3, per_class=10, size=(90, 70))
+    ds = D.create_dataset(folder, transform=D.build_transform(dict(TF_CFG, input_size=(3, 48, 48))))
+
+    def batches(dataset, threads, workers=0):
+        ds.decode_threads = threads
+        seen = set()
+        load = ds.source.load
+
+        def recording_load(*args):
+            seen.add(threading.current_thread().name.split("_")[0])
+            return load(*args)
+
+        ds.source.load = recording_load
+        try:
+            loader = DataLoader(dataset, batch_size=8, collate_fn=D.collate_batch, num_workers=workers)
+            return [b for b in loader], seen
+        finally:
+            del ds.source.load
+
+    one, seen_one = batches(ds, 1)
+    many, seen_many = batches(ds, 3)
+    assert seen_one == {"MainThread"} and seen_many == {"zsclust-decode"}
+    assert len(one) == len(many) == 4
+    for a, b in zip(one, many):  # same images, labels and indices, in the same order
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["index"], b["index"])
+        assert torch.equal(a["label"], b["label"])
+    sub, seen_sub = batches(Subset(ds, [5, 1, 29, 0]), 2)  # what a resumed embedding loads
+    assert seen_sub == {"zsclust-decode"}
+    assert sub[0]["index"].tolist() == [5, 1, 29, 0]
+    assert torch.equal(sub[0]["image"][1], one[0]["image"][1])
+    ds.decode_threads = 4
+    in_worker = DataLoader(ds, batch_size=8, collate_fn=D.collate_batch, num_workers=1)
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(one, in_worker))
+
+
 # ---------------------------------------------------------------------------------------------------
 # digits: carving
 # ---------------------------------------------------------------------------------------------------

@@ -214,9 +214,10 @@ def test_bf16_embeddings_stay_faithful_to_fp32(tmp_path):
 def test_the_loader_carries_uint8_and_each_batch_is_normalised_after_the_transfer(tmp_path, tiny_weights):
     """Float conversion and normalisation run once per batch on the device, not per image in the loader:
     the loader's batches are uint8 (a quarter of the bytes), the halves compose to the whole transform
-    exactly, and the embeddings equal the per-image reference."""
+    exactly, and the embeddings (decoded in threads) equal the per-image reference."""
     import lightning.pytorch as pl
 
+    from zsclust._ranks import available_cores
     from zsclust.data._transforms import draft_size_of, split_for_batches
 
     folder = write_image_folder(tmp_path / "imgs", classes=2, per_class=5, size=(60, 44))
@@ -230,11 +231,12 @@ def test_the_loader_carries_uint8_and_each_batch_is_normalised_after_the_transfe
     torch.testing.assert_close(per_batch(torch.stack([per_item(x) for x in raw])),
                                torch.stack([whole(x) for x in raw]), rtol=0, atol=0)
 
-    seen = []
+    seen, threads = [], []
 
     class LoaderDtype(pl.Callback):
         def on_predict_start(self, trainer, pl_module):
             seen.append(trainer.predict_dataloaders.dataset[0]["image"].dtype)  # what the loader stacks
+            threads.append(trainer.predict_dataloaders.dataset.decode_threads)
 
         def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
             seen.append(batch["image"].dtype)
@@ -242,8 +244,64 @@ def test_the_loader_carries_uint8_and_each_batch_is_normalised_after_the_transfe
     result = embed(enc, str(folder), callbacks=[LoaderDtype()], options=EmbedOptions(
         cache_dir=str(tmp_path / "c"), batch_size=4, num_workers=0, **FP32))
     assert seen == [torch.uint8] + [torch.float32] * 3
+    assert threads == [available_cores()]  # no loader workers: the batch decodes on every core, in threads
     ref, _ = reference_embeddings(enc, folder)
     np.testing.assert_allclose(result.embeddings, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_the_forward_batch_tuner_keeps_the_fastest_size_and_ignores_short_batches():
+    from zsclust.embed._forward_batch import ForwardBatchTuner
+
+    calls = []
+
+    def forward(x):  # a forward pass whose cost per call makes chunks of 8 the fastest per image
+        calls.append(len(x))
+        time.sleep(0.001 if len(x) == 8 else 0.02)
+        return x.sum(dim=(1, 2, 3), keepdim=False)[:, None] * torch.ones(1, 3)
+
+    tuner = ForwardBatchTuner(32)
+    assert tuner.sizes == [4, 8, 16, 32] and tuner.chosen is None
+    batch = torch.arange(32 * 2 * 2 * 2, dtype=torch.float32).reshape(32, 2, 2, 2)
+    whole = forward(batch)
+    calls.clear()
+    out = tuner(forward, batch[:5])  # a short batch runs, but is not timed
+    assert calls == [4, 1] and torch.equal(out, whole[:5])
+    for _ in range(8):  # two rounds over the four sizes
+        assert torch.equal(tuner(forward, batch), whole)
+    assert tuner.chosen == 8 and all(len(t) == 2 for t in tuner.seconds_per_image.values())
+    calls.clear()
+    tuner(forward, batch)
+    assert calls == [8, 8, 8, 8]
+    assert ForwardBatchTuner(3).chosen == 3  # nothing to choose between
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vit_tiny_patch16_224"])
+def test_a_sample_s_features_do_not_depend_on_its_forward_batch(arch):
+    """What lets the tuner change only speed: features bit for bit the same in chunks as in one batch."""
+    from zsclust.embed._forward_batch import forward_in_chunks
+
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=64) if "vit" in arch else \
+        timm.create_model(arch, pretrained=False, num_classes=0)
+    model = model.eval().to(memory_format=torch.channels_last)
+    x = torch.rand(16, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    for dtype in (None, torch.bfloat16):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            whole = model(x)
+            for size in (4, 8):
+                assert torch.equal(forward_in_chunks(model, x, size), whole), (arch, dtype, size)
+
+
+def test_embed_on_the_cpu_tunes_the_forward_batch_without_changing_a_bit(tmp_path, tiny_weights):
+    folder = write_image_folder(tmp_path / "imgs", classes=4, per_class=70, size=(40, 36))  # 9 loader batches
+    enc = create_encoder("test_resnet", weights=tiny_weights)
+    tuned = embed(enc, str(folder), options=EmbedOptions(cache_dir=str(tmp_path / "a"), **FP32))
+    assert tuned.meta["forward_batch"] in (4, 8, 16, 32)
+    fixed = embed(enc, str(folder), options=EmbedOptions(cache_dir=str(tmp_path / "b"), batch_size=32, **FP32))
+    assert fixed.meta["forward_batch"] == 32  # a batch size the user set is the forward pass's too
+    np.testing.assert_array_equal(tuned.embeddings, fixed.embeddings)
 
 
 @pytest.mark.gpu

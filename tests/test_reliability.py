@@ -607,3 +607,61 @@ reduction_cache: {tmp_path / 'reductions'}
     code = main(["sweep", str(config), "--no-progress"])
     out = capsys.readouterr().out
     assert "12 jobs: 12 ran, 0 skipped (finished before), 0 failed" in out and code == 0, out
+
+
+# -- the command's process exit ---------------------------------------------------------------------------
+
+_EXIT_SCRIPT = """
+import atexit, sys, threading, time
+from zsclust._exit import exit_process
+
+class Torn:
+    def __del__(self):  # runs in the interpreter's module teardown, which the fast exit skips
+        sys.stdout.write(" teardown")
+        sys.stdout.flush()
+
+kept = Torn()
+atexit.register(lambda: sys.stdout.write(" handler"))
+sys.stdout.write("out")  # buffered: a pipe is not a terminal
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.5), sys.stdout.write(" thread-finished"))).start()
+exit_process(int(sys.argv[2]))
+"""
+
+
+def _run_exit_script(tmp_path, mode, code, *prefix):
+    script = tmp_path / "exit_script.py"
+    script.write_text(_EXIT_SCRIPT)
+    return subprocess.run([sys.executable, *prefix, str(script), mode, str(code)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+
+
+def test_fast_exit_runs_exit_handlers_flushes_output_and_skips_teardown(tmp_path):
+    out = _run_exit_script(tmp_path, "plain", 3)
+    assert out.returncode == 3, out.stderr
+    assert out.stdout == "out handler"  # flushed, handlers ran, module teardown (the __del__) skipped
+    ok = _run_exit_script(tmp_path, "plain", 0)
+    assert ok.returncode == 0 and ok.stdout == "out handler"
+
+
+def test_exit_waits_for_running_threads_and_keeps_profilers_output(tmp_path):
+    out = _run_exit_script(tmp_path, "thread", 4)
+    assert out.returncode == 4, out.stderr
+    assert "thread-finished" in out.stdout and "handler" in out.stdout  # the ordinary exit joined the thread
+    prof = tmp_path / "exit.prof"
+    profiled = _run_exit_script(tmp_path, "plain", 0, "-m", "cProfile", "-o", str(prof))
+    assert profiled.returncode == 0, profiled.stderr
+    assert prof.stat().st_size > 0  # cProfile writes after the script returns: no fast exit under a profiler
+
+
+def test_zsclust_command_exits_with_its_code_and_full_output(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "zsclust", "embed", "--encoder", "resnet50.random", "--dataset",
+                          str(tmp_path / "no-such-folder"), "--cache-dir", str(tmp_path / "c")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert bad.returncode == 2
+    assert "zsclust: error:" in bad.stderr and "no-such-folder" in bad.stderr
+    listed = subprocess.run([sys.executable, "-m", "zsclust", "datasets"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    assert "cifar10" in listed.stdout  # the whole table, to its last line, came through the pipe
+    assert listed.stdout.rstrip().endswith("is accepted too.")

@@ -356,3 +356,53 @@ def test_ddp_sweep_embeds_on_two_processes_and_clusters_once(tmp_path, tiny_weig
     assert len(_manifests(tmp_path / "cache")) == 2
     log = proc.stdout + proc.stderr
     assert "MEMBER: 2/2" in log and "distributed_backend=gloo" in log, log  # rank 1 joined (and stayed for cell 2)
+
+
+def test_in_process_jobs_are_written_as_they_finish_not_after_their_cell(tmp_path):
+    """With ``sweep.workers: 0`` a cell's jobs run one after another in the sweep's process; each one's MLflow
+    run is written when it finishes, so a long job (held here until the test opens a gate) does not hold back
+    the runs of the jobs before it."""
+    from conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "data" / "toy", classes=3, per_class=8, seed=3)
+    (tmp_path / "heldfit.py").write_text(
+        "import time\nfrom pathlib import Path\nfrom sklearn.cluster import KMeans\n\n"
+        "HERE = Path(__file__).parent\n\n"
+        "class HeldKMeans(KMeans):\n    def fit(self, X, y=None, sample_weight=None):\n"
+        "        if len(X) == 24:  # the cell, not a smoke fit\n"
+        "            (HERE / 'held').touch()\n"
+        "            deadline = time.time() + 600\n"
+        "            while not (HERE / 'gate').exists() and time.time() < deadline:\n"
+        "                time.sleep(0.1)\n"
+        "        return super().fit(X, y, sample_weight)\n")
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"""
+encoders: [raw_pixels]
+datasets: [{folder}]
+embed: {{accelerator: cpu, precision: 32-true, num_workers: 0, progress: false, cache_dir: {tmp_path / 'cache'}}}
+reducer: none
+clusterer: [kmeans, ac_k]
+jobs: {{held: {{clusterer: {{name: heldfit.HeldKMeans, n_clusters: 3, n_init: 1}}}}}}
+evaluation: {{silhouette_spaces: [raw]}}
+tracking: {{experiment: study-test, uri: "sqlite:///{tmp_path / 'mlflow.db'}", plots: false}}
+sweep: {{name: held-grid, workers: 0}}
+""")
+    db = tmp_path / "mlflow.db"
+    env = dict(os.environ, PYTHONPATH=f"{REPO}:{tmp_path}")
+    proc = subprocess.Popen([sys.executable, "-m", "zsclust", "sweep", str(config), "--no-progress"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "held").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert (tmp_path / "held").exists(), "the held job never started"
+        deadline = time.time() + 60
+        while _finished(db) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        assert _finished(db) == 2  # kmeans and ac_k, written while the held job still runs
+        assert proc.poll() is None
+    finally:
+        (tmp_path / "gate").touch()
+        out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    assert "3 jobs: 3 ran" in out and _finished(db) == 3, out

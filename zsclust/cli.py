@@ -31,7 +31,7 @@ def _add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-nodes", type=int, default=1, help="number of nodes [1]")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
     p.add_argument("--strategy", default="auto", help="Lightning strategy [ddp when more than one process]")
-    p.add_argument("--batch-size", type=int, default=None, help="[256 on GPU, 32 on CPU]")
+    p.add_argument("--batch-size", type=int, default=None, help="[256 on GPU; 32 on CPU, run in chunks of the size (4-32) timed fastest on the first batches]")
     p.add_argument("--num-workers", type=int, default=None, help="data loader workers [tuned per device]")
     p.add_argument("--preprocessing", default="model", choices=["model", "study"],
                    help="model: the encoder's own resize/crop/statistics; study: Lowe et al. 2024's (short side to "
@@ -70,7 +70,8 @@ def cmd_embed(args) -> int:
     if "samples_embedded_this_run" in m:
         secs = m["embed_seconds"]
         print(f"embedded {m['samples_embedded_this_run']} samples in {secs:.1f} s "
-              f"({m['samples_embedded_this_run'] / max(secs, 1e-9):.1f} img/s)")
+              f"({m['samples_embedded_this_run'] / max(secs, 1e-9):.1f} img/s"
+              + (f", forward batch {m['forward_batch']}" if m.get("forward_batch") else "") + ")")
     else:
         print("cache hit: nothing to embed")
     from .embed import EmbeddingCache
@@ -480,5 +481,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The ``zsclust`` command: :func:`main`, then a fast process exit (see :func:`zsclust._exit.exit_process`)."""
+    from ._exit import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 from torchvision.transforms.functional import to_tensor
 
 from zsclust.data._registry import available_splits, get_dataset_spec, is_registered
@@ -41,6 +42,10 @@ class ImageDataset(Dataset):
     With ``skip_corrupt``, an unreadable image yields ``image=None`` instead of raising, and
     :func:`collate_batch` drops it and reports its index.
     """
+
+    #: Threads that decode a batch's images when the loader runs in this process (``num_workers=0``). The
+    #: embedding engine sets it to the process's cores on the CPU, where decoding runs between forward passes.
+    decode_threads: int = 1
 
     def __init__(self, source: ImageSource, indices: np.ndarray | None, *, name: str, split: str,
                  group: str | None, root: str | None, transform: Callable | None = None,
@@ -88,6 +93,16 @@ class ImageDataset(Dataset):
             return {"image": None, "label": label, "index": i}
         img = self._transform(img) if self._transform is not None else to_tensor(img)
         return {"image": img, "label": label, "index": i}
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        """A batch's items, for the DataLoader's batched fetch: decoded by ``decode_threads`` threads in the
+        loading process (decoding and resizing run in C and release the GIL), one thread in a loader worker.
+        """
+        threads = min(int(self.decode_threads), len(indices))
+        if threads <= 1 or get_worker_info() is not None:
+            return [self[i] for i in indices]
+        with ThreadPoolExecutor(threads, thread_name_prefix="zsclust-decode") as pool:
+            return list(pool.map(self.__getitem__, indices))
 
     @property
     def native_size(self) -> tuple[int, int] | None:

@@ -68,22 +68,58 @@ def read_image(path: str | os.PathLike, draft_size: tuple[int, int] | None = Non
 _TENSOR_FORMATS = (".jpg", ".jpeg", ".png")
 
 
+def jpeg_size(data) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, read from its bytes; None where the header is not found.
+
+    The same numbers PIL's ``Image.open(...).size`` gives, without opening the file a second time:
+    the segments before the frame header (APPn, DQT, ...) are skipped by their lengths.
+    """
+    buf = memoryview(data)
+    if len(buf) < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
+        return None
+    i = 2
+    while i + 9 <= len(buf):
+        if buf[i] != 0xFF:
+            return None
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn (not DHT, JPG, DAC)
+            height, width = buf[i + 5] << 8 | buf[i + 6], buf[i + 7] << 8 | buf[i + 8]
+            return (width, height) if width and height else None
+        if marker in (0xDA, 0xD9):  # scan data or the end before any frame header
+            return None
+        i += 2 + (buf[i + 2] << 8 | buf[i + 3])
+    return None
+
+
 def _decode_tensor(path, draft_size):
     """torchvision's decode for JPEG/PNG that need no draft reduction; None means: use PIL."""
     if not str(path).lower().endswith(_TENSOR_FORMATS):
         return None
-    if draft_size is not None and str(path).lower().endswith((".jpg", ".jpeg")):
-        try:
-            with Image.open(path) as img:  # header only
-                w, h = img.size
-            if w >= 2 * draft_size[0] and h >= 2 * draft_size[1]:
-                return None  # PIL's reduce-on-decode wins for photos twice the size needed
-        except _DECODE_ERRORS:
-            return None  # let the PIL path name the file
     try:
         from torchvision.io import ImageReadMode, decode_image, read_file
 
-        img = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        data = read_file(str(path))
+    except Exception:  # unreadable: the PIL path names the file
+        return None
+    if draft_size is not None and str(path).lower().endswith((".jpg", ".jpeg")):
+        size = jpeg_size(data.numpy())
+        if size is None:
+            try:
+                with Image.open(path) as img:  # header only
+                    size = img.size
+            except _DECODE_ERRORS:
+                return None  # let the PIL path name the file
+        w, h = size
+        if w >= 2 * draft_size[0] and h >= 2 * draft_size[1]:
+            return None  # PIL's reduce-on-decode wins for photos twice the size needed
+    try:
+        img = decode_image(data, mode=ImageReadMode.RGB)
     except Exception:  # torchvision's decoders raise RuntimeError on anything odd: PIL decides
         return None
     return img if img.dtype == torch.uint8 and img.ndim == 3 and img.shape[0] == 3 else None

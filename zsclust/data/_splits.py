@@ -17,7 +17,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from zsclust.errors import SplitError
 
@@ -39,6 +38,8 @@ def carve(labels: np.ndarray, pool: np.ndarray, n: int, seed: int) -> tuple[np.n
     impossible (fewer picks than classes, or too few multi-member samples) it falls back to a seeded
     uniform random pick, with a warning: strategy ``random``.
     """
+    from sklearn.model_selection import train_test_split  # here: scikit-learn and pandas take 0.5 s to import
+
     pool = np.asarray(pool, dtype=np.int64)
     if not 0 < n < len(pool):
         raise SplitError(f"cannot carve {n} of {len(pool)} samples")

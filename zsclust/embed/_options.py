@@ -25,7 +25,7 @@ class EmbedOptions:
     strategy: str = "auto"
     precision: str = "auto"
     preprocessing: str = "model"  # model: the encoder's own pretrained config | study: Lowe et al. 2024's
-    batch_size: Optional[int] = None
+    batch_size: Optional[int] = None  # None: 256 on GPU; 32 on CPU, forward chunks tuned (ForwardBatchTuner)
     num_workers: Optional[int] = None
     shard_size: int = 4096
     channels_last: bool = True

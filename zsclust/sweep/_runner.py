@@ -330,6 +330,9 @@ class _ClusterPool:
                     future.set_result(fn(*args))
             except Exception as e:  # noqa: BLE001
                 future.set_exception(e)
+            if what[0] == "job":  # written now, not after the cell's other jobs (one may run for hours)
+                self._finish_safely(future, what)
+                return
         else:
             for attempt in (0, 1):  # a pool a dead worker broke takes nothing more: one retry on a new pool
                 with self.lock:
@@ -366,22 +369,28 @@ class _ClusterPool:
                 self.stop.wait(0.1)
                 continue
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            with self.lock:  # finished jobs are written before a finished cell starts more work
+                done = sorted(done, key=lambda f: (self.futures.get(f) or ("",))[0] != "job")
             for future in done:
                 with self.lock:
                     what = self.futures.get(future)
                 if what is None:  # abandoned
                     continue
                 try:
-                    self._finish(future, *what)
-                except Exception as e:  # noqa: BLE001 - a bug here must not hang the sweep
-                    if what[0] == "job":
-                        self.fail_job(what[3], f"collecting its result failed: {_reason(e)}")
-                    else:
-                        self.fail_cell(what[1], f"collecting its reductions failed: {_reason(e)}")
+                    self._finish_safely(future, what)
                 finally:  # popped only now, so drain() never sees a gap between a cell and its jobs
                     with self.lock:
                         self.futures.pop(future, None)
                         self.owners.pop(future, None)
+
+    def _finish_safely(self, future: Future, what: tuple) -> None:
+        try:
+            self._finish(future, *what)
+        except Exception as e:  # noqa: BLE001 - a bug here must not hang the sweep
+            if what[0] == "job":
+                self.fail_job(what[3], f"collecting its result failed: {_reason(e)}")
+            else:
+                self.fail_cell(what[1], f"collecting its reductions failed: {_reason(e)}")
 
     def drain(self) -> None:
         """Wait until every submitted cell and job is finished and written."""
