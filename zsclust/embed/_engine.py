@@ -54,17 +54,17 @@ def default_loader_options(accelerator: str, devices, num_nodes: int) -> dict:
     """
     from .._ranks import available_cores
 
-    cpus = available_cores()
     if resolve_accelerator(accelerator) == "gpu":
         local = torch.cuda.device_count() if devices in ("auto", -1) else int(devices)
-        return {"batch_size": 256, "num_workers": max(1, min(12, cpus // max(1, local) - 1)), "pin_memory": True}
-    per_process = cpus // max(1, int(devices) if isinstance(devices, int) else 1)
+        return {"batch_size": 256, "num_workers": max(1, min(12, available_cores() // max(1, local) - 1)),
+                "pin_memory": True}
+    per_process = cpu_cores_per_process(devices)
     return {"batch_size": 32, "num_workers": 0 if per_process <= 4 else per_process // 8, "pin_memory": False}
 
 
-def decode_threads(devices) -> int:
-    """Threads that decode a batch in the main process when the loader has no workers: every core this
-    process may use, since decoding runs between forward passes (2 cores: 2.0 -> 1.2 ms per image)."""
+def cpu_cores_per_process(devices) -> int:
+    """The cores each of ``devices`` CPU processes may use (at least one). Without loader workers, that many
+    threads decode each batch between forward passes (2 cores: 2.0 -> 1.2 ms per image)."""
     from .._ranks import available_cores
 
     return max(1, available_cores() // max(1, int(devices) if isinstance(devices, int) else 1))
@@ -188,7 +188,7 @@ def _predict(encoder, dataset, entry, lock, plan, meta, options, precision, call
         dataset.transform, batch_transform = halves
     if not loader_opts["num_workers"] and isinstance(dataset, ImageDataset):
         dataset = copy.copy(dataset)
-        dataset.decode_threads = decode_threads(options.devices)
+        dataset.decode_threads = cpu_cores_per_process(options.devices)
     data = PlannedData(dataset, loader_opts, entry, lock, plan=plan, on_plan=on_plan,
                        batch_transform=batch_transform)
     start = time.perf_counter()

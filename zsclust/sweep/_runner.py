@@ -369,8 +369,6 @@ class _ClusterPool:
                 self.stop.wait(0.1)
                 continue
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            with self.lock:  # finished jobs are written before a finished cell starts more work
-                done = sorted(done, key=lambda f: (self.futures.get(f) or ("",))[0] != "job")
             for future in done:
                 with self.lock:
                     what = self.futures.get(future)
